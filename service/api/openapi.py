@@ -1,0 +1,187 @@
+"""`/api/openapi.json`: the HTTP API described for clients, gateways and schemathesis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify
+
+bp = Blueprint("openapi", __name__)
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+ID = {"type": "integer", "minimum": 1, "maximum": 9223372036854775807}
+SESSION_ID_PARAM = {"name": "session_id", "in": "path", "required": True, "schema": ID}
+ERRORS = {
+    "400": _error("Bad input"),
+    "401": _error("No or failed identity"),
+    "403": _error("Not allowed"),
+    "404": _error("No such session"),
+    "503": _error("Storage unavailable"),
+}
+IDENTITY = [{"userId": []}, {"bearer": []}, {}]
+
+
+def _json(ref: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
+
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "Customer-service chat API",
+        "version": "1.0.0",
+        "description": "Sessions and messages. In AUTH_MODE=trust the caller is the user in X-User-Id; a call "
+        "without it is the trusted backend. In AUTH_MODE=jwt the caller is the bearer token's subject.",
+    },
+    "security": IDENTITY,
+    "paths": {
+        "/api/sessions": {
+            "post": {
+                "summary": "Open (or return the open) session of a customer",
+                "requestBody": {"required": False, "content": _json("OpenSession")},
+                "responses": {
+                    "200": {"description": "The customer's open session", "content": _json("Session")},
+                    "201": {"description": "A new session", "content": _json("Session")},
+                    **{k: v for k, v in ERRORS.items() if k != "404"},
+                },
+            },
+            "get": {
+                "summary": "List sessions (agents: all; customers: their own), newest first",
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["active", "closed", "all"]},
+                    },
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {"name": "before_id", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                ],
+                "responses": {
+                    "200": {"description": "Sessions", "content": _json("SessionList")},
+                    **{k: v for k, v in ERRORS.items() if k in ("400", "401", "503")},
+                },
+            },
+        },
+        "/api/sessions/{session_id}": {
+            "get": {
+                "summary": "One session",
+                "parameters": [SESSION_ID_PARAM],
+                "responses": {"200": {"description": "The session", "content": _json("Session")}, **ERRORS},
+            }
+        },
+        "/api/sessions/{session_id}/messages": {
+            "get": {
+                "summary": "Messages oldest first, after a cursor",
+                "parameters": [
+                    SESSION_ID_PARAM,
+                    {"name": "after_id", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                ],
+                "responses": {"200": {"description": "Messages", "content": _json("MessageList")}, **ERRORS},
+            },
+            "post": {
+                "summary": "Store and broadcast a message (like send_message)",
+                "parameters": [SESSION_ID_PARAM],
+                "requestBody": {"required": True, "content": _json("PostMessage")},
+                "responses": {
+                    "200": {
+                        "description": "A repeated client_msg_id: the original message",
+                        "content": _json("Message"),
+                    },
+                    "201": {"description": "Stored and broadcast", "content": _json("Message")},
+                    "409": _error("Session closed"),
+                    "413": _error("Content too long"),
+                    **ERRORS,
+                },
+            },
+        },
+        "/api/sessions/{session_id}/close": {
+            "post": {
+                "summary": "Close a session (its customer, an agent, or the backend)",
+                "parameters": [SESSION_ID_PARAM],
+                "responses": {"200": {"description": "The session, closed", "content": _json("Session")}, **ERRORS},
+            }
+        },
+        "/healthz": {
+            "get": {"summary": "Process alive", "security": [{}], "responses": {"200": {"description": "ok"}}}
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Database (and Redis, when configured) reachable",
+                "security": [{}],
+                "responses": {"200": {"description": "ready"}, "503": {"description": "a dependency is down"}},
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "userId": {"type": "apiKey", "in": "header", "name": "X-User-Id"},
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error", "code"],
+                "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
+            },
+            "Session": {
+                "type": "object",
+                "required": ["id", "user_id", "agent_id", "status", "created_at", "closed_at"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "user_id": {"type": "integer"},
+                    "agent_id": {"type": "integer", "nullable": True},
+                    "status": {"type": "string", "enum": ["active", "closed"]},
+                    "created_at": {"type": "string", "example": "2024-01-01 12:00:00"},
+                    "closed_at": {"type": "string", "nullable": True},
+                    "unread_count": {"type": "integer"},
+                },
+            },
+            "SessionList": {
+                "type": "object",
+                "required": ["sessions"],
+                "properties": {"sessions": {"type": "array", "items": {"$ref": "#/components/schemas/Session"}}},
+            },
+            "Message": {
+                "type": "object",
+                "required": ["id", "session_id", "sender_id", "content", "created_at"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "session_id": {"type": "integer"},
+                    "sender_id": {"type": "integer"},
+                    "content": {"type": "string"},
+                    "created_at": {"type": "string", "example": "2024-01-01 12:00:00"},
+                    "client_msg_id": {"type": "string"},
+                    "duplicate": {"type": "boolean"},
+                },
+            },
+            "MessageList": {
+                "type": "object",
+                "required": ["messages"],
+                "properties": {"messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}}},
+            },
+            "OpenSession": {"type": "object", "properties": {"user_id": ID}},
+            "PostMessage": {
+                "type": "object",
+                "required": ["content"],
+                "properties": {
+                    "content": {"type": "string", "minLength": 1},
+                    "sender_id": ID,
+                    "client_msg_id": {"type": "string", "minLength": 1, "maxLength": 64},
+                },
+            },
+        },
+    },
+}
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(SPEC)

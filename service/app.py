@@ -1,0 +1,55 @@
+"""The application factory: configuration, storage, realtime core, HTTP API and operations, wired once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from .api import init_api
+from .auth import TrustAuthenticator
+from .config import Settings, load_settings
+from .logs import configure_logging
+from .ops import init_ops
+from .realtime import init_realtime
+from .realtime.fanout import Fanout
+from .realtime.hub import ChatHub, make_node_id
+from .realtime.registry import Registry
+from .storage import MessageWriter, init_storage
+
+log = logging.getLogger(__name__)
+
+
+def make_authenticator(settings: Settings, storage) -> Any:
+    if settings.auth_mode == "trust":
+        log.warning("AUTH_MODE=trust: user ids are taken from clients as given and are not verified")
+        return TrustAuthenticator(storage)
+    from .auth import JwtAuthenticator  # noqa: PLC0415
+
+    return JwtAuthenticator(settings, storage)
+
+
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    """Build the WSGI app; `overrides` (variable name -> value) win over the environment (tests)."""
+    settings = load_settings(overrides)
+    configure_logging(settings)
+    app = Flask("service")
+    app.config["CHAT_SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = max(1024 * 1024, settings.max_frame_bytes)
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.compact = True  # type: ignore[attr-defined]
+
+    storage = init_storage(app, settings)
+    registry = Registry()
+    fanout = Fanout(registry, make_node_id(), backplane=None)
+    writer = MessageWriter(storage, settings.writer_batch, settings.writer_concurrency)
+    hub = ChatHub(settings, storage, make_authenticator(settings, storage), registry, fanout, writer)
+    fanout.on_event = hub.on_event
+
+    init_realtime(app, hub)
+    init_api(app)
+    init_ops(app)
+    return app

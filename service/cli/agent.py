@@ -1,0 +1,64 @@
+"""`agent add|list|remove`: who is a customer-service agent (the agents table)."""
+
+from __future__ import annotations
+
+import click
+
+from ..auth import parse_id
+from ..errors import Problem, Refused
+from ..storage import StorageError
+from . import Context, cli, pass_context
+
+
+def _user_id(raw: str) -> int:
+    try:
+        return parse_id(raw, Problem.MISSING_USER_ID, Problem.INVALID_USER_ID)
+    except Refused:
+        raise click.BadParameter(f"{raw!r} is not a user id (a positive integer)") from None
+
+
+@cli.group()
+def agent() -> None:
+    """Manage customer-service agents."""
+
+
+@agent.command("add")
+@click.argument("user_id")
+@click.option("--name", "display_name", help="Display name shown to reporting.")
+@pass_context
+def add(ctx: Context, user_id: str, display_name: str | None) -> None:
+    """Make USER_ID an agent (may join and answer every session)."""
+    uid = _user_id(user_id)
+    try:
+        record, created = ctx.storage.add_agent(uid, display_name)
+    except StorageError as exc:
+        raise click.ClickException(f"database unavailable: {exc}") from None
+    click.echo(f"{'added' if created else 'updated'} agent {record.user_id}"
+               + (f" ({record.display_name})" if record.display_name else ""))
+
+
+@agent.command("remove")
+@click.argument("user_id")
+@pass_context
+def remove(ctx: Context, user_id: str) -> None:
+    """Remove USER_ID from the agents."""
+    uid = _user_id(user_id)
+    try:
+        removed = ctx.storage.remove_agent(uid)
+    except StorageError as exc:
+        raise click.ClickException(f"database unavailable: {exc}") from None
+    if not removed:
+        raise click.ClickException(f"{uid} is not an agent")
+    click.echo(f"removed agent {uid}")
+
+
+@agent.command("list")
+@pass_context
+def list_agents(ctx: Context) -> None:
+    """List agents: user id, created at, name."""
+    try:
+        agents = ctx.storage.list_agents()
+    except StorageError as exc:
+        raise click.ClickException(f"database unavailable: {exc}") from None
+    for record in agents:
+        click.echo(f"{record.user_id}\t{record.created_at:%Y-%m-%d %H:%M:%S}\t{record.display_name or ''}")

@@ -1,0 +1,276 @@
+"""Typed settings: defaults, then `.env`, then the process environment, then test overrides.
+
+One loader for every entry point (gunicorn.conf.py, the app, the CLI), so a value means the same thing
+everywhere. A bad value raises `ConfigError` naming the variable and what is allowed; nothing here writes
+to `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dotenv import dotenv_values
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot run with; the message names the variable."""
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        if not re.fullmatch(r"-?[0-9]+", raw.strip()):
+            raise ValueError(f"an integer from {lo} to {hi}")
+        value = int(raw)
+        if not lo <= value <= hi:
+            raise ValueError(f"an integer from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"a number from {lo:g} to {hi:g}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"a number from {lo:g} to {hi:g}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("true or false")
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(" or ".join(allowed))
+        return value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _timezone(raw: str) -> str:
+    try:
+        ZoneInfo(raw.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("an IANA time zone name such as Asia/Shanghai") from None
+    return raw.strip()
+
+
+def _database_url(raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith(("sqlite:", "mysql+pymysql:", "mysql:", "mariadb+pymysql:")):
+        raise ValueError("a sqlite:/// path or mysql+pymysql://user:pass@host:3306/db?charset=utf8mb4")
+    if value.startswith("mysql:"):
+        value = "mysql+pymysql:" + value[len("mysql:"):]
+    return value
+
+
+def _redis_url(raw: str) -> str:
+    value = raw.strip()
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("empty, or a redis:// URL such as redis://127.0.0.1:6379/0")
+    return value
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    return tuple(o.strip().rstrip("/").lower() for o in raw.split(",") if o.strip())
+
+
+def _path(raw: str) -> str:
+    value = raw.strip()
+    if value and not os.path.isabs(value):
+        value = str(PROJECT_ROOT / value)
+    return value
+
+
+def _echo_path(raw: str) -> str:
+    value = raw.strip()
+    if value and (not value.startswith("/") or value == "/"):
+        raise ValueError("empty, or a path such as /echo (not /)")
+    return value
+
+
+def setting(env: str, default: str, parse: Callable[[str], Any], doc: str) -> Any:
+    """Declare one setting: its variable name, default (as the text a user would write), parser, doc."""
+    return field(metadata={"env": env, "default": default, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service. The README's configuration table is generated from these docs."""
+
+    websocket_host: str = setting("WEBSOCKET_HOST", "0.0.0.0", _text, "Address to bind.")
+    websocket_port: int = setting("WEBSOCKET_PORT", "2346", _int(0, 65535), "Port for ws:// and HTTP (legacy 2346).")
+    worker_count: int = setting(
+        "WEBSOCKET_WORKER_COUNT", "1", _int(1, 256), "Worker processes; more than 1 needs REDIS_URL."
+    )
+    worker_connections: int = setting(
+        "WORKER_CONNECTIONS", "10000", _int(10, 1_000_000), "Concurrent connections per worker."
+    )
+    database_url: str = setting(
+        "DATABASE_URL", "sqlite:///var/chat.db", _database_url, "sqlite:///path (embedded) or mysql+pymysql://..."
+    )
+    redis_url: str = setting("REDIS_URL", "", _redis_url, "Redis for cross-worker fan-out; empty = single worker.")
+    auth_mode: str = setting("AUTH_MODE", "trust", _choice("trust", "jwt"), "trust (legacy user_id) or jwt.")
+    app_timezone: str = setting("APP_TIMEZONE", "Asia/Shanghai", _timezone, "Zone of created_at and reports.")
+    max_message_length: int = setting(
+        "MAX_MESSAGE_LENGTH", "5000", _int(1, 1_000_000), "Longest message content, in characters."
+    )
+    heartbeat_timeout: float = setting(
+        "HEARTBEAT_TIMEOUT", "60", _float(1, 86400), "Seconds a silent connection stays open."
+    )
+    jwt_secret: str = setting("JWT_SECRET", "", _text, "HS256 secret (AUTH_MODE=jwt).")
+    jwt_public_key: str = setting("JWT_PUBLIC_KEY", "", _path, "PEM file for RS256/ES256 (AUTH_MODE=jwt).")
+    jwt_audience: str = setting("JWT_AUDIENCE", "", _text, "Required aud claim, when set.")
+    jwt_issuer: str = setting("JWT_ISSUER", "", _text, "Required iss claim, when set.")
+    jwt_leeway: float = setting("JWT_LEEWAY", "30", _float(0, 600), "Clock skew allowed on exp/nbf, seconds.")
+    max_frame_bytes: int = setting(
+        "MAX_FRAME_BYTES", "65536", _int(1024, 64 * 1024 * 1024), "Largest WebSocket message; larger closes 1009."
+    )
+    max_json_depth: int = setting("MAX_JSON_DEPTH", "16", _int(2, 1000), "Deepest JSON nesting accepted.")
+    rate_limit: float = setting(
+        "RATE_LIMIT", "20", _float(0, 1_000_000), "Messages per second per connection (0 = unlimited)."
+    )
+    rate_burst: int = setting("RATE_BURST", "40", _int(1, 1_000_000), "Messages a connection may send at once.")
+    max_connections_per_ip: int = setting(
+        "MAX_CONNECTIONS_PER_IP", "0", _int(0, 1_000_000), "WebSockets per client IP and worker (0 = unlimited)."
+    )
+    handshake_timeout: float = setting(
+        "HANDSHAKE_TIMEOUT", "10", _float(0.1, 3600), "Seconds to finish the HTTP request / upgrade."
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        "ALLOWED_ORIGINS", "", _origins, "Comma-separated browser origins allowed; empty = any (legacy)."
+    )
+    websocket_ssl: bool = setting("WEBSOCKET_SSL", "false", _bool, "Serve wss:// and https:// (legacy name).")
+    websocket_ssl_cert: str = setting("WEBSOCKET_SSL_CERT", "", _path, "PEM certificate chain.")
+    websocket_ssl_key: str = setting("WEBSOCKET_SSL_KEY", "", _path, "PEM private key.")
+    websocket_echo_path: str = setting(
+        "WEBSOCKET_ECHO_PATH", "", _echo_path, "Diagnostics echo endpoint (e.g. /echo); keep empty in production."
+    )
+    replay_limit: int = setting("REPLAY_LIMIT", "1000", _int(1, 100_000), "Messages replayed on join at most.")
+    graceful_timeout: float = setting(
+        "GRACEFUL_TIMEOUT", "10", _float(1, 3600), "Seconds a stopping worker gets to finish."
+    )
+    pidfile: str = setting("PIDFILE", "var/chat.pid", _path, "Pid file of the daemon.")
+    logfile: str = setting("LOGFILE", "var/chat.log", _path, "Log file of the daemon.")
+    state_dir: str = setting("STATE_DIR", "var/run", _path, "Per-worker stats and metrics files.")
+    log_level: str = setting(
+        "LOG_LEVEL", "info", _choice("debug", "info", "warning", "error", "critical"), "Log level."
+    )
+    log_format: str = setting("LOG_FORMAT", "text", _choice("text", "json"), "text or json lines.")
+    writer_batch: int = setting("WRITER_BATCH", "200", _int(1, 10_000), "Messages stored per INSERT at most.")
+    writer_concurrency: int = setting(
+        "WRITER_CONCURRENCY", "2", _int(1, 64), "Parallel message writers per worker."
+    )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite:")
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.app_timezone)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings with secrets masked, for logs and diagnostics."""
+        secret = {"jwt_secret"}
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.name in secret and value else value
+        out["database_url"] = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.database_url)
+        return out
+
+
+def env_file_path(environ: Mapping[str, str]) -> Path:
+    """`.env` beside the project, or the file CHAT_ENV_FILE names."""
+    return Path(environ.get("CHAT_ENV_FILE") or PROJECT_ROOT / ".env")
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build Settings from defaults < .env < environment < overrides (keys are variable names)."""
+    environ = os.environ if environ is None else environ
+    path = env_file_path(environ)
+    file_values = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        meta = f.metadata
+        name = meta["env"]
+        raw: Any = meta["default"]
+        if name in file_values:
+            raw = file_values[name]
+        if name in environ:
+            raw = environ[name]
+        if overrides and name in overrides:
+            raw = overrides[name]
+        if not isinstance(raw, str):
+            raw = str(raw).lower() if isinstance(raw, bool) else str(raw)
+        try:
+            values[f.name] = meta["parse"](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={raw!r} is not valid: expected {exc}") from None
+    settings = Settings(**values)
+    if settings.is_sqlite:
+        object.__setattr__(settings, "database_url", _absolute_sqlite(settings.database_url))
+    return settings
+
+
+def _absolute_sqlite(url: str) -> str:
+    """Relative sqlite paths are relative to the project, whatever the working directory."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == prefix or url.startswith(prefix + "/") or ":memory:" in url:
+        return url
+    return prefix + str(PROJECT_ROOT / url[len(prefix):])
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) rows, for the README and `python -m service config`."""
+    return [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in fields(Settings)]
+
+
+def serving_problems(settings: Settings) -> list[str]:
+    """Reasons the server must not start with these settings (checked before the port is bound)."""
+    problems = []
+    if settings.worker_count > 1 and not settings.redis_url:
+        problems.append(
+            f"WEBSOCKET_WORKER_COUNT={settings.worker_count} needs REDIS_URL: without it a customer and an agent on "
+            "different workers never see each other's messages. Set REDIS_URL=redis://host:6379/0 or use 1 worker."
+        )
+    if settings.auth_mode == "jwt" and not (settings.jwt_secret or settings.jwt_public_key):
+        problems.append("AUTH_MODE=jwt needs JWT_SECRET (HS256) or JWT_PUBLIC_KEY (a PEM file for RS256/ES256).")
+    if settings.jwt_public_key and not os.access(settings.jwt_public_key, os.R_OK):
+        problems.append(f"JWT_PUBLIC_KEY={settings.jwt_public_key} is not a readable file.")
+    if settings.websocket_ssl:
+        for name, path in (("WEBSOCKET_SSL_CERT", settings.websocket_ssl_cert),
+                           ("WEBSOCKET_SSL_KEY", settings.websocket_ssl_key)):
+            if not path:
+                problems.append(f"WEBSOCKET_SSL=true needs {name} (a PEM file).")
+            elif not os.access(path, os.R_OK):
+                problems.append(f"{name}={path} is not a readable file.")
+    return problems

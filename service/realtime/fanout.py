@@ -1,0 +1,98 @@
+"""Fan-out: every event reaches this worker's connections directly and every other worker through a backplane.
+
+The backplane does not care about sockets: it publishes an event once and hands what it receives from
+other processes back to `Fanout.receive`. Events carry the origin's node id, so a process never delivers
+its own event twice (once locally, once from the backplane).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One frame for a session's room.
+
+    `include`: a connection id that gets the frame even when not in the room (a sender not joined).
+    `exclude`: a connection id that must not get it (a typing client's own notice).
+    """
+
+    session_id: int
+    text: str
+    kind: str
+    include: str | None = None
+    exclude: str | None = None
+    message_id: int | None = None
+    origin: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Event:
+        data: dict[str, Any] = json.loads(raw)
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
+
+
+class Backplane(Protocol):
+    """Carries events between processes and hosts."""
+
+    def start(self, fanout: Fanout) -> None: ...
+
+    def publish(self, event: Event) -> bool: ...
+
+    def stop(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class Fanout:
+    def __init__(self, registry: Registry, node_id: str, backplane: Backplane | None = None) -> None:
+        self.registry = registry
+        self.node_id = node_id
+        self.backplane = backplane
+        self.on_event = None  # optional callable(event), before delivery (cache invalidation)
+        self.on_delivered = None  # optional callable(event, count) for metrics
+        self._started = False
+
+    def start(self) -> None:
+        """Start the backplane listener; called lazily in the worker, after the fork."""
+        if not self._started and self.backplane is not None:
+            self._started = True
+            self.backplane.start(self)
+
+    def publish(self, event: Event) -> int:
+        """Deliver to local connections now, then to every other process. Returns local deliveries."""
+        if event.origin != self.node_id:
+            event = Event(**{**asdict(event), "origin": self.node_id})
+        delivered = self._deliver(event)
+        if self.backplane is not None:
+            self.start()
+            self.backplane.publish(event)
+        return delivered
+
+    def receive(self, event: Event) -> int:
+        """An event from the backplane; our own were delivered when published."""
+        if event.origin == self.node_id:
+            return 0
+        return self._deliver(event)
+
+    def _deliver(self, event: Event) -> int:
+        if self.on_event is not None:
+            self.on_event(event)
+        count = self.registry.deliver(event.session_id, event.text, include=event.include, exclude=event.exclude)
+        if self.on_delivered is not None:
+            self.on_delivered(event, count)
+        return count
+
+    def stop(self) -> None:
+        if self.backplane is not None:
+            self.backplane.stop()

@@ -1,0 +1,95 @@
+"""The legacy message types, one handler each (see shared/spec/protocol.md for every decision here).
+
+Checks run in the spec's precedence: not authenticated, missing field, invalid value, rate limit, session
+not found, not allowed, session closed. State changes only after every check has passed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..auth import id_is_missing, parse_id
+from ..errors import Problem, Refused
+from .protocol import ConnectionState, Reply, handler, require_identity, take_token
+
+if TYPE_CHECKING:
+    from .hub import ChatHub
+
+log = logging.getLogger(__name__)
+
+
+@handler("ping")
+def ping(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -> list[Reply]:
+    return [{"type": "pong"}]
+
+
+@handler("auth")
+def auth(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -> list[Reply]:
+    """Bind the connection to a user; a second auth re-binds it and leaves its session (no left_session)."""
+    identity = ctx.auth.websocket_identity(message)
+    ctx.registry.leave(conn)
+    conn.identity = identity
+    log.info("authenticated", extra={"connection_id": conn.connection_id, "user_id": identity.user_id})
+    return [{"type": "auth_success", "user_id": identity.user_id}]
+
+
+@handler("join_session")
+def join_session(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -> list[Reply]:
+    identity = require_identity(conn)
+    session_id = parse_id(message.get("session_id"), Problem.MISSING_SESSION_ID, Problem.INVALID_SESSION_ID)
+    session = ctx.authorize(identity, session_id)
+    ctx.registry.join(conn, session_id)
+    ctx.claim_for_agent(identity, session)
+    log.info("joined", extra={"connection_id": conn.connection_id, "user_id": identity.user_id,
+                              "session_id": session_id})
+    return [{"type": "joined_session", "session_id": session_id}]
+
+
+@handler("leave_session")
+def leave_session(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -> list[Reply]:
+    require_identity(conn)
+    session_id = ctx.registry.leave(conn)
+    if session_id is None:
+        raise Refused(Problem.NOT_IN_SESSION)
+    return [{"type": "left_session", "session_id": session_id}]
+
+
+def message_content(value: Any, limit: int) -> str:
+    """Validated content: a non-blank string of at most `limit` characters."""
+    if not isinstance(value, str):
+        raise Refused(Problem.INVALID_CONTENT)
+    if len(value) > limit:
+        raise Refused(Problem.CONTENT_TOO_LONG)
+    return value
+
+
+def is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def client_message_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        raise Refused(Problem.INVALID_CLIENT_MSG_ID)
+    return value
+
+
+@handler("send_message")
+def send_message(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -> list[Reply]:
+    """Store, then broadcast `new_message` to the room and to the sender (joined or not), exactly once."""
+    identity = require_identity(conn)
+    raw_session, raw_content = message.get("session_id"), message.get("content")
+    if is_blank(raw_content) or id_is_missing(raw_session):
+        raise Refused(Problem.MISSING_SESSION_OR_CONTENT)
+    session_id = parse_id(raw_session, Problem.MISSING_SESSION_OR_CONTENT, Problem.INVALID_SESSION_ID)
+    content = message_content(raw_content, ctx.settings.max_message_length)
+    client_msg_id = client_message_id(message.get("client_msg_id"))
+    take_token(conn)
+    session = ctx.authorize(identity, session_id)
+    stored, duplicate = ctx.post_message(identity, session, content, conn.connection_id, client_msg_id)
+    if duplicate:
+        # Only the sender hears of a repeat, with the original message.
+        return [{"type": "new_message", "session_id": session_id, "message": stored.to_wire(), "duplicate": True}]
+    return []

@@ -1,0 +1,177 @@
+"""The chat context shared by the WebSocket handlers and the HTTP API of one worker.
+
+It owns nothing the registry or storage own; it ties them together so that a message posted over HTTP and
+one sent over a WebSocket take the same path: authorize, store, then publish.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import socket
+import time
+from typing import Any
+
+from ..auth import Identity, session_access
+from ..config import Settings
+from ..errors import Problem, Refused
+from ..storage import DuplicateMessage, MessageRecord, MessageWriter, NewMessage, SessionRecord, Storage, StorageError
+from .fanout import Event, Fanout
+from .protocol import encode
+from .registry import Registry
+from .websocket import CLOSE_GOING_AWAY
+
+log = logging.getLogger(__name__)
+
+SESSION_CACHE_SECONDS = 2.0
+SESSION_CACHE_SIZE = 50_000
+
+
+def make_node_id() -> str:
+    """Unique per host and process: short host name, pid and randomness (pids repeat across hosts)."""
+    host = socket.gethostname().split(".")[0][:16] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class ChatHub:
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        authenticator: Any,
+        registry: Registry,
+        fanout: Fanout,
+        writer: MessageWriter,
+        metrics: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.auth = authenticator
+        self.registry = registry
+        self.fanout = fanout
+        self.writer = writer
+        self.metrics = metrics
+        self.node_id = fanout.node_id
+        self._sequence = itertools.count(1)
+        self._sessions: dict[int, tuple[SessionRecord, float]] = {}
+        self.started_at = time.time()
+        self.stopping = False
+        self.counters = {"messages_in": 0, "messages_out": 0, "stored": 0}
+
+    # -- identities and sessions ------------------------------------------------------------------
+
+    def new_connection_id(self) -> str:
+        return f"{self.node_id}-{next(self._sequence)}"
+
+    def observe_error(self, problem: Problem) -> None:
+        if self.metrics is not None:
+            self.metrics.error(problem.code)
+
+    def session(self, session_id: int) -> SessionRecord | None:
+        """The session, from a short-lived cache; closing a session anywhere evicts it everywhere."""
+        cached = self._sessions.get(session_id)
+        now = time.monotonic()
+        if cached is not None and (cached[1] > now or not cached[0].is_open):
+            return cached[0]
+        try:
+            record = self.storage.get_session(session_id)
+        except StorageError:
+            raise Refused(Problem.STORAGE_DOWN) from None
+        if record is not None:
+            if len(self._sessions) >= SESSION_CACHE_SIZE:
+                self._sessions.clear()
+            self._sessions[session_id] = (record, now + SESSION_CACHE_SECONDS)
+        return record
+
+    def forget_session(self, session_id: int) -> None:
+        self._sessions.pop(session_id, None)
+
+    def authorize(self, identity: Identity, session_id: int, need_open: bool = True) -> SessionRecord:
+        session = self.session(session_id)
+        session_access(identity, session, need_open=need_open)
+        assert session is not None
+        return session
+
+    def claim_for_agent(self, identity: Identity, session: SessionRecord) -> None:
+        """The first agent to join or answer a session becomes its agent."""
+        if identity.is_agent and not identity.backend and session.agent_id is None:
+            try:
+                if self.storage.assign_agent(session.id, identity.user_id):
+                    log.info("agent assigned", extra={"session_id": session.id, "user_id": identity.user_id})
+            except StorageError:
+                log.warning("could not assign agent", extra={"session_id": session.id})
+            self.forget_session(session.id)
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def post_message(
+        self,
+        identity: Identity,
+        session: SessionRecord,
+        content: str,
+        sender_connection: str | None = None,
+        client_msg_id: str | None = None,
+    ) -> tuple[MessageRecord, bool]:
+        """Store, then publish to the room and the sender; (message, duplicate).
+
+        A duplicate client_msg_id stores nothing and publishes nothing: the caller answers its sender alone.
+        """
+        message = NewMessage(
+            session_id=session.id,
+            sender_id=identity.user_id,
+            sender_role=identity.role,
+            content=content,
+            created_at=self.storage.now(),
+            client_msg_id=client_msg_id,
+        )
+        started = time.perf_counter()
+        try:
+            stored = self.writer.store(message)
+        except DuplicateMessage as duplicate:
+            if duplicate.original is None:
+                raise Refused(Problem.SEND_FAILED) from None
+            return duplicate.original, True
+        except StorageError:
+            log.warning("message not stored", extra={"session_id": session.id, "user_id": identity.user_id})
+            raise Refused(Problem.SEND_FAILED) from None
+        self.counters["stored"] += 1
+        if self.metrics is not None:
+            self.metrics.stored(time.perf_counter() - started)
+        self.claim_for_agent(identity, session)
+        frame = encode({"type": "new_message", "session_id": session.id, "message": stored.to_wire()})
+        self.fanout.publish(
+            Event(
+                session_id=session.id,
+                text=frame,
+                kind="new_message",
+                include=sender_connection,
+                message_id=stored.id,
+            )
+        )
+        return stored, False
+
+    def publish_session_closed(self, session_id: int) -> None:
+        self.forget_session(session_id)
+        self.fanout.publish(
+            Event(session_id=session_id, text=encode({"type": "session_closed", "session_id": session_id}),
+                  kind="session_closed")
+        )
+
+    def on_event(self, event: Event) -> None:
+        """Every event, local or from another process, passes here before delivery."""
+        if event.kind == "session_closed":
+            self.forget_session(event.session_id)
+
+    def shutdown(self, reason: str = "server shutting down") -> None:
+        """Graceful stop: finish storing what is queued, tell every client to go away (1001), stop fan-out."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.writer.stop()
+        connections = self.registry.connections()
+        log.info("closing %d connections", len(connections))
+        for conn in connections:
+            conn.close(CLOSE_GOING_AWAY, reason)
+        self.fanout.stop()

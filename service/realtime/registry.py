@@ -1,0 +1,100 @@
+"""The one owner of this worker's connections and rooms (a room = the connections joined to a session).
+
+Only the registry mutates these maps; join, leave and disconnect keep them tidy (an empty room goes
+away), and readers get copies, so a broadcast never iterates a set another greenlet is changing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+
+class Member(Protocol):
+    """What the registry needs of a connection."""
+
+    connection_id: str
+    session_id: int | None
+    user_id: int | None
+
+    def send_text(self, text: str) -> bool: ...
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._connections: dict[str, Member] = {}
+        self._rooms: dict[int, set[Member]] = {}
+
+    def add(self, conn: Member) -> None:
+        self._connections[conn.connection_id] = conn
+
+    def remove(self, conn: Member) -> None:
+        """Forget a closed connection and leave its room."""
+        self.leave(conn)
+        self._connections.pop(conn.connection_id, None)
+
+    def join(self, conn: Member, session_id: int) -> None:
+        """Put `conn` in the session's room, leaving the room it was in (a connection is in at most one)."""
+        if conn.session_id == session_id:
+            return
+        self.leave(conn)
+        self._rooms.setdefault(session_id, set()).add(conn)
+        conn.session_id = session_id
+
+    def leave(self, conn: Member) -> int | None:
+        """Take `conn` out of its room; returns the session it left, or None."""
+        session_id = conn.session_id
+        if session_id is None:
+            return None
+        room = self._rooms.get(session_id)
+        if room is not None:
+            room.discard(conn)
+            if not room:
+                del self._rooms[session_id]
+        conn.session_id = None
+        return session_id
+
+    def get(self, connection_id: str) -> Member | None:
+        return self._connections.get(connection_id)
+
+    def members(self, session_id: int) -> tuple[Member, ...]:
+        """A copy of the room, safe to iterate while others join and leave."""
+        room = self._rooms.get(session_id)
+        return tuple(room) if room else ()
+
+    def connections(self) -> tuple[Member, ...]:
+        return tuple(self._connections.values())
+
+    def deliver(self, session_id: int, text: str, include: str | None = None, exclude: str | None = None) -> int:
+        """Send `text` to the room, plus connection `include` if it lives here and is not in the room.
+
+        Returns how many connections were handed the frame.
+        """
+        targets: Iterable[Member] = self.members(session_id)
+        sent = 0
+        included_in_room = False
+        for conn in targets:
+            if conn.connection_id == exclude:
+                continue
+            if conn.connection_id == include:
+                included_in_room = True
+            sent += conn.send_text(text)
+        if include is not None and not included_in_room:
+            extra = self._connections.get(include)
+            if extra is not None and extra.connection_id != exclude:
+                sent += extra.send_text(text)
+        return sent
+
+    def stats(self) -> dict[str, int]:
+        conns = self._connections.values()
+        return {
+            "connections": len(self._connections),
+            "authenticated": sum(1 for c in conns if c.user_id is not None),
+            "users": len({c.user_id for c in conns if c.user_id is not None}),
+            "joined": sum(1 for c in conns if c.session_id is not None),
+            "rooms": len(self._rooms),
+        }
+
+    def sessions_of_users(self) -> dict[int, list[int]]:
+        """session id -> user ids joined here (presence)."""
+        return {sid: sorted({c.user_id for c in room if c.user_id is not None}) for sid, room in self._rooms.items()}

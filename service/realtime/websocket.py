@@ -1,0 +1,333 @@
+"""The socket edge: RFC 6455 framing and the handshake, on top of gevent-websocket's handler.
+
+gevent-websocket 0.10.1 ignores close codes, accepts unmasked client frames, reads frames of any size
+whole, closes invalid UTF-8 without 1007 and validates UTF-8 in pure Python. Rather than fork it, this
+module subclasses its two classes in one place:
+
+* `ChatWebSocket` reads and writes frames itself: masks checked (1002), size checked from the header
+  before the payload is read (1009), UTF-8 checked incrementally in C (1007), close codes validated and
+  echoed, and every write (data, pong, close) under one lock so frames never interleave.
+* `ChatHandler` refuses a disallowed Origin or too many connections per IP with a real HTTP status before
+  the 101, bounds the time a client may take to send its request, and serves plain HTTP requests that
+  carry `Connection: upgrade` (the legacy nginx recipe) with a length-limited body.
+"""
+
+from __future__ import annotations
+
+import codecs
+import socket
+import struct
+from typing import Any
+
+import gevent
+from gevent.lock import RLock
+from geventwebsocket.handler import WebSocketHandler
+from geventwebsocket.websocket import Stream, WebSocket
+
+try:
+    from wsaccel.utils import mask as _c_mask
+except ImportError:  # pragma: no cover - wsaccel is in requirements; keep working without it
+    _c_mask = None
+
+OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+DATA_OPCODES = (OP_TEXT, OP_BINARY)
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_UNSUPPORTED = 1003
+CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
+
+
+def unmask(payload: bytes, key: bytes) -> bytes:
+    """XOR the payload with the 4-byte key, in C."""
+    if _c_mask is not None:
+        return _c_mask(payload, key)
+    n = len(payload)
+    stream = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
+
+
+def valid_close_code(code: int) -> bool:
+    """Codes a peer may send in a close frame (RFC 6455 7.4)."""
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) or 3000 <= code <= 4999
+
+
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked, final server frame."""
+    n = len(payload)
+    first = 0x80 | opcode
+    if n < 126:
+        return struct.pack("!BB", first, n) + payload
+    if n <= 0xFFFF:
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload
+
+
+class FrameRefused(Exception):
+    """The peer broke the protocol; close with `code`."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class ChatWebSocket(WebSocket):
+    """A server-side WebSocket that enforces RFC 6455 and never interleaves frames."""
+
+    __slots__ = ("max_message_bytes", "send_lock", "close_code", "close_reason", "_close_sent", "_socket")
+
+    def __init__(self, environ: dict, stream: Stream, handler: WebSocketHandler, max_message_bytes: int) -> None:
+        super().__init__(environ, stream, handler)
+        self.max_message_bytes = max_message_bytes
+        self.send_lock = RLock()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._close_sent = False
+        self._socket = handler.socket
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def _read_exact(self, n: int) -> bytes:
+        data = self.raw_read(n)
+        if len(data) != n:
+            raise ConnectionResetError("peer closed the connection mid-frame")
+        return data
+
+    def _read_frame(self, budget: int) -> tuple[bool, int, bytes]:
+        """One frame: (fin, opcode, payload). `budget` is how many payload bytes the message may still take."""
+        b1, b2 = self._read_exact(2)
+        fin, rsv, opcode = b1 & 0x80, b1 & 0x70, b1 & 0x0F
+        masked, length = b2 & 0x80, b2 & 0x7F
+        if rsv:
+            raise FrameRefused(CLOSE_PROTOCOL_ERROR, "reserved bits set")
+        if opcode >= 0x8:
+            if opcode not in (OP_CLOSE, OP_PING, OP_PONG):
+                raise FrameRefused(CLOSE_PROTOCOL_ERROR, "reserved opcode")
+            if not fin or length > 125:
+                raise FrameRefused(CLOSE_PROTOCOL_ERROR, "invalid control frame")
+        elif opcode not in (OP_CONTINUATION, OP_TEXT, OP_BINARY):
+            raise FrameRefused(CLOSE_PROTOCOL_ERROR, "reserved opcode")
+        if not masked:
+            raise FrameRefused(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
+        if length == 126:
+            (length,) = struct.unpack("!H", self._read_exact(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", self._read_exact(8))
+            if length >> 63:
+                raise FrameRefused(CLOSE_PROTOCOL_ERROR, "invalid length")
+        if opcode < 0x8 and length > budget:
+            raise FrameRefused(CLOSE_TOO_BIG, "message too big")
+        key = self._read_exact(4)
+        payload = unmask(self._read_exact(length), key) if length else b""
+        return bool(fin), opcode, payload
+
+    def receive_message(self) -> str | bytes | None:
+        """The next text (str) or binary (bytes) message; None once the connection is closed.
+
+        Only the connection's reader greenlet may call this (and `close`). A socket timeout (the idle
+        limit) propagates as TimeoutError so the caller can close with its own reason.
+        """
+        if self.closed:
+            return None
+        try:
+            return self._read_message()
+        except FrameRefused as refused:
+            self.close(refused.code, refused.reason)
+        except TimeoutError:
+            raise
+        except (OSError, ConnectionError, ValueError):
+            self._abort()
+        return None
+
+    def _read_message(self) -> str | bytes | None:
+        opcode = None
+        parts: list[bytes] = []
+        size = 0
+        decoder = None
+        while True:
+            fin, frame_opcode, payload = self._read_frame(self.max_message_bytes - size)
+            if frame_opcode >= 0x8:
+                if self._control(frame_opcode, payload):
+                    return None
+                continue
+            if frame_opcode == OP_CONTINUATION:
+                if opcode is None:
+                    raise FrameRefused(CLOSE_PROTOCOL_ERROR, "continuation without a message")
+            elif opcode is not None:
+                raise FrameRefused(CLOSE_PROTOCOL_ERROR, "new message before the last one ended")
+            else:
+                opcode = frame_opcode
+                if fin:  # the common case: one frame, one message
+                    if opcode == OP_TEXT:
+                        try:
+                            return payload.decode("utf-8")
+                        except UnicodeDecodeError:
+                            raise FrameRefused(CLOSE_INVALID_DATA, "invalid UTF-8") from None
+                    return payload
+                if opcode == OP_TEXT:
+                    decoder = codecs.getincrementaldecoder("utf-8")()
+            size += len(payload)
+            if decoder is not None:
+                try:
+                    parts.append(decoder.decode(payload, final=fin))
+                except UnicodeDecodeError:
+                    raise FrameRefused(CLOSE_INVALID_DATA, "invalid UTF-8") from None
+            else:
+                parts.append(payload)
+            if fin:
+                return "".join(parts) if decoder is not None else b"".join(parts)
+
+    def _control(self, opcode: int, payload: bytes) -> bool:
+        """Answer a control frame; True when it was a close (the connection is then closed)."""
+        if opcode == OP_PING:
+            self.send_frame(payload, OP_PONG)
+            return False
+        if opcode == OP_PONG:
+            return False
+        if not payload:
+            code, reply = 1005, CLOSE_NORMAL
+        else:
+            if len(payload) < 2:
+                raise FrameRefused(CLOSE_PROTOCOL_ERROR, "invalid close frame")
+            (code,) = struct.unpack("!H", payload[:2])
+            if not valid_close_code(code):
+                raise FrameRefused(CLOSE_PROTOCOL_ERROR, "invalid close code")
+            try:
+                self.close_reason = payload[2:].decode("utf-8")
+            except UnicodeDecodeError:
+                raise FrameRefused(CLOSE_INVALID_DATA, "invalid UTF-8 in close reason") from None
+            reply = code
+        self.close_code = code
+        self.send_close(reply)  # echo, unless ours went first and this is the answer
+        self._finish()
+        return True
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def send_frame(self, message: bytes | str, opcode: int) -> None:
+        """Write one frame; the lock keeps frames from different greenlets whole."""
+        if isinstance(message, str):
+            message = message.encode("utf-8")
+        frame = encode_frame(opcode, message)
+        with self.send_lock:
+            if self._close_sent:
+                raise ConnectionResetError("connection is closing")
+            if opcode == OP_CLOSE:
+                self._close_sent = True
+            self.raw_write(frame)
+
+    def send_text(self, text: str) -> None:
+        self.send_frame(text.encode("utf-8"), OP_TEXT)
+
+    def send(self, message: bytes | str, binary: bool | None = None) -> None:
+        if binary is None:
+            binary = not isinstance(message, str)
+        self.send_frame(message, OP_BINARY if binary else OP_TEXT)
+
+    def send_close(self, code: int = CLOSE_NORMAL, reason: str = "") -> bool:
+        """Write our close frame once (any greenlet may); False if it was already sent."""
+        payload = struct.pack("!H", code) + reason.encode("utf-8")[:123]
+        try:
+            self.send_frame(payload, OP_CLOSE)
+        except (OSError, ConnectionError):
+            return False
+        return True
+
+    def close(self, code: int = CLOSE_NORMAL, message: bytes | str = b"") -> None:
+        """Reader-side close: send our close frame, wait briefly for the peer's, then stop."""
+        if self.closed:
+            return
+        reason = message.decode("utf-8", "replace") if isinstance(message, bytes | bytearray) else message
+        self.send_close(code, reason or "")
+        if self.close_code is None:
+            with gevent.Timeout(1.0, False):
+                try:
+                    while self.close_code is None:
+                        _fin, opcode, payload = self._read_frame(self.max_message_bytes)
+                        if opcode == OP_CLOSE:
+                            self.close_code = 1005
+                except (OSError, ConnectionError, ValueError, FrameRefused):
+                    pass
+        self._finish()
+
+    def _finish(self) -> None:
+        self.closed = True
+        try:
+            self._socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _abort(self) -> None:
+        self.closed = True
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def unblock_reader(self) -> None:
+        """Make a reader blocked on this socket return (used when another greenlet closes the connection)."""
+        try:
+            self._socket.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    # gevent-websocket API used by its handler and by generic code
+    def receive(self) -> str | bytes | None:
+        return self.receive_message()
+
+
+class ChatHandler(WebSocketHandler):
+    """The per-connection handler: handshake policy before the 101, then our WebSocket class.
+
+    The policy is the application's `chat_handshake` attribute (see `service.realtime.HandshakePolicy`):
+    `refusal(environ)` answers an (HTTP status, reason) or None; `max_message_bytes`; `handshake_timeout`.
+    """
+
+    def _policy(self) -> Any:
+        return getattr(self.server.application, "chat_handshake", None)
+
+    def handle(self) -> None:
+        """Bound the time to read a request (slowloris); a WebSocket sets its own idle timeout later."""
+        policy = self._policy()
+        if policy is not None and policy.handshake_timeout:
+            self.socket.settimeout(policy.handshake_timeout)
+        super().handle()
+
+    def get_environ(self) -> dict[str, Any]:
+        environ = super().get_environ()
+        # pywsgi hands the raw socket file to any request that says `Connection: upgrade`, then, after the
+        # response, discards the body a second time from its own reader: a plain POST through the legacy
+        # nginx recipe (which sends that header on every request) blocked until the client gave up.
+        # Only a real WebSocket upgrade gets the raw stream.
+        if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+            environ["wsgi.input"] = self.wsgi_input
+            environ["wsgi.input_terminated"] = True
+        return environ
+
+    def upgrade_connection(self) -> list[bytes] | None:
+        policy = self._policy()
+        refusal = policy.refusal(self.environ) if policy is not None else None
+        if refusal is not None:
+            status, reason = refusal
+            body = reason.encode("utf-8")
+            self.start_response(
+                f"{status} {reason}",
+                [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+            )
+            self.close_connection = True
+            return [body]
+        result = super().upgrade_connection()
+        websocket = getattr(self, "websocket", None)
+        if websocket is not None and not isinstance(websocket, ChatWebSocket):
+            websocket.closed = True  # never let the library's instance write a frame (its __del__ closes)
+            max_bytes = policy.max_message_bytes if policy is not None else 65536
+            chat = ChatWebSocket(self.environ, Stream(self), self, max_bytes)
+            self.websocket = chat
+            self.environ["wsgi.websocket"] = chat
+        return result

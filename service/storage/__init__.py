@@ -1,0 +1,90 @@
+"""Storage: models, queries, the batched message writer, and the engine settings for each database."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from ..config import Settings
+from .models import db
+from .queries import Storage, StorageError
+from .records import AgentRecord, MessageRecord, NewMessage, SessionRecord
+from .writer import DuplicateMessage, MessageWriter
+
+__all__ = [
+    "AgentRecord",
+    "DuplicateMessage",
+    "MessageRecord",
+    "MessageWriter",
+    "NewMessage",
+    "SessionRecord",
+    "Storage",
+    "StorageError",
+    "db",
+    "engine_options",
+    "init_storage",
+]
+
+log = logging.getLogger(__name__)
+
+POOL_SIZE = 10
+
+
+def engine_options(settings: Settings) -> dict[str, Any]:
+    """Pool and driver options: short timeouts so a dead database fails fast instead of hanging senders."""
+    if settings.is_sqlite:
+        return {"connect_args": {"check_same_thread": False, "timeout": 15}}
+    return {
+        "pool_size": POOL_SIZE,
+        "max_overflow": 0,
+        "pool_timeout": 10,
+        "pool_pre_ping": True,
+        "pool_recycle": 1800,
+        "connect_args": {"connect_timeout": 5, "read_timeout": 15, "write_timeout": 15, "charset": "utf8mb4"},
+    }
+
+
+def _tune_sqlite(dbapi_connection, _record) -> None:
+    """WAL lets readers run beside the writer; NORMAL sync is durable across process crashes."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=15000")
+    cursor.close()
+
+
+def init_storage(app: Flask, settings: Settings, create_tables: bool = True) -> Storage:
+    """Bind Flask-SQLAlchemy to the app and return the Storage gateway; create missing tables."""
+    if settings.is_sqlite:
+        path = settings.database_url.removeprefix("sqlite:///")
+        if path and ":memory:" not in path:
+            from pathlib import Path
+
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    app.config["SQLALCHEMY_DATABASE_URI"] = settings.database_url
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(settings)
+    db.init_app(app)
+    with app.app_context():
+        engine = db.engine
+    if settings.is_sqlite:
+        event.listen(engine, "connect", _tune_sqlite)
+    if create_tables:
+        create_missing_tables(engine)
+    return Storage(engine, settings.tz, concurrency=POOL_SIZE)
+
+
+def create_missing_tables(engine) -> None:
+    """CREATE what is missing; several workers may race here, and losing the race is fine."""
+    for attempt in range(3):
+        try:
+            db.metadata.create_all(engine, checkfirst=True)
+            return
+        except (OperationalError, ProgrammingError) as exc:
+            if attempt == 2 or "already exists" not in str(exc).lower():
+                raise
+            log.debug("create_all raced another worker; retrying")

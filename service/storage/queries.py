@@ -1,0 +1,223 @@
+"""Every query the service makes, on SQLAlchemy Core over the Flask-SQLAlchemy engine.
+
+Core rather than the ORM session: handlers run in many greenlets at once, and plain rows returned as
+frozen records cannot leak state between them. A FIFO semaphore bounds concurrent database use, because
+SQLAlchemy's pool is not fair under gevent (some greenlets starve while others get a connection).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from gevent.lock import BoundedSemaphore
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from .models import agents_table, messages_table, sessions_table
+from .records import AgentRecord, MessageRecord, SessionRecord
+
+log = logging.getLogger(__name__)
+
+
+class StorageError(RuntimeError):
+    """The database could not be reached or refused the operation; callers answer 'try again'."""
+
+
+def _session(row) -> SessionRecord:
+    return SessionRecord(
+        id=row.id,
+        user_id=row.user_id,
+        agent_id=row.agent_id,
+        status=row.status,
+        created_at=row.created_at,
+        closed_at=row.closed_at,
+    )
+
+
+def _message(row) -> MessageRecord:
+    return MessageRecord(
+        id=row.id,
+        session_id=row.session_id,
+        sender_id=row.sender_id,
+        sender_role=row.sender_role,
+        content=row.content,
+        created_at=row.created_at,
+        client_msg_id=row.client_msg_id,
+    )
+
+
+class Storage:
+    """The service's one gateway to the database."""
+
+    def __init__(self, engine: Engine, tz: ZoneInfo, concurrency: int = 8) -> None:
+        self.engine = engine
+        self.tz = tz
+        self._gate = BoundedSemaphore(concurrency)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """Wall-clock time in APP_TIMEZONE, to the second, naive (the legacy column format)."""
+        return datetime.now(self.tz).replace(tzinfo=None, microsecond=0)
+
+    @contextmanager
+    def connect(self, write: bool = False) -> Iterator[Connection]:
+        """A pooled connection (in a transaction when `write`), with database errors as StorageError."""
+        with self._gate:
+            try:
+                with self.engine.connect() as conn:
+                    if write:
+                        with conn.begin():
+                            yield conn
+                    else:
+                        yield conn
+            except IntegrityError:
+                raise
+            except SQLAlchemyError as exc:
+                log.warning("database error: %s", exc.__class__.__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+                raise StorageError(str(exc.__class__.__name__)) from exc
+
+    def ping(self) -> None:
+        with self.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # -- agents -----------------------------------------------------------------------------------
+
+    def is_agent(self, user_id: int) -> bool:
+        with self.connect() as conn:
+            row = conn.execute(select(agents_table.c.user_id).where(agents_table.c.user_id == user_id)).first()
+        return row is not None
+
+    def add_agent(self, user_id: int, display_name: str | None = None) -> tuple[AgentRecord, bool]:
+        """Register an agent; (record, created). Adding again updates the display name only."""
+        with self.connect(write=True) as conn:
+            row = conn.execute(select(agents_table).where(agents_table.c.user_id == user_id)).first()
+            if row is not None:
+                if display_name is not None and display_name != row.display_name:
+                    conn.execute(
+                        update(agents_table).where(agents_table.c.user_id == user_id).values(display_name=display_name)
+                    )
+                return AgentRecord(user_id, display_name or row.display_name, row.created_at), False
+            created_at = self.now()
+            conn.execute(insert(agents_table).values(user_id=user_id, display_name=display_name, created_at=created_at))
+        return AgentRecord(user_id, display_name, created_at), True
+
+    def remove_agent(self, user_id: int) -> bool:
+        with self.connect(write=True) as conn:
+            return conn.execute(delete(agents_table).where(agents_table.c.user_id == user_id)).rowcount > 0
+
+    def list_agents(self) -> list[AgentRecord]:
+        with self.connect() as conn:
+            rows = conn.execute(select(agents_table).order_by(agents_table.c.user_id)).all()
+        return [AgentRecord(r.user_id, r.display_name, r.created_at) for r in rows]
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    def get_session(self, session_id: int) -> SessionRecord | None:
+        with self.connect() as conn:
+            row = conn.execute(select(sessions_table).where(sessions_table.c.id == session_id)).first()
+        return _session(row) if row is not None else None
+
+    def open_session(self, user_id: int) -> tuple[SessionRecord, bool]:
+        """The customer's open session, creating it if there is none; (session, created).
+
+        The unique key on (user_id, open_flag) makes this safe against concurrent calls on any worker.
+        """
+        for _attempt in range(3):
+            existing = self._open_session_of(user_id)
+            if existing is not None:
+                return existing, False
+            try:
+                with self.connect(write=True) as conn:
+                    result = conn.execute(
+                        insert(sessions_table).values(
+                            user_id=user_id, status="active", open_flag=1, created_at=self.now()
+                        )
+                    )
+                    session_id = result.inserted_primary_key[0]
+            except IntegrityError:
+                continue
+            created = self.get_session(session_id)
+            assert created is not None
+            return created, True
+        raise StorageError("could not create session")
+
+    def _open_session_of(self, user_id: int) -> SessionRecord | None:
+        with self.connect() as conn:
+            row = conn.execute(
+                select(sessions_table).where(
+                    and_(sessions_table.c.user_id == user_id, sessions_table.c.open_flag == 1)
+                )
+            ).first()
+        return _session(row) if row is not None else None
+
+    def list_sessions(
+        self, status: str = "active", user_id: int | None = None, limit: int = 100, before_id: int | None = None
+    ) -> list[SessionRecord]:
+        """Newest first; `user_id` narrows to one customer's sessions."""
+        query = select(sessions_table)
+        if status != "all":
+            query = query.where(sessions_table.c.status == status)
+        if user_id is not None:
+            query = query.where(sessions_table.c.user_id == user_id)
+        if before_id is not None:
+            query = query.where(sessions_table.c.id < before_id)
+        query = query.order_by(sessions_table.c.id.desc()).limit(limit)
+        with self.connect() as conn:
+            return [_session(r) for r in conn.execute(query).all()]
+
+    def assign_agent(self, session_id: int, agent_id: int) -> bool:
+        """Make `agent_id` the session's agent if it has none yet; True when this call assigned it."""
+        with self.connect(write=True) as conn:
+            result = conn.execute(
+                update(sessions_table)
+                .where(and_(sessions_table.c.id == session_id, sessions_table.c.agent_id.is_(None)))
+                .values(agent_id=agent_id)
+            )
+        return result.rowcount > 0
+
+    def close_session(self, session_id: int, closed_by: int | None) -> tuple[SessionRecord | None, bool]:
+        """Close an open session; (session after the call, whether this call closed it)."""
+        with self.connect(write=True) as conn:
+            result = conn.execute(
+                update(sessions_table)
+                .where(and_(sessions_table.c.id == session_id, sessions_table.c.status == "active"))
+                .values(status="closed", open_flag=None, closed_at=self.now())
+            )
+        return self.get_session(session_id), result.rowcount > 0
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def list_messages(self, session_id: int, after_id: int = 0, limit: int = 50) -> list[MessageRecord]:
+        """Oldest first, strictly after `after_id` (a cursor that never skips or repeats)."""
+        query = (
+            select(messages_table)
+            .where(and_(messages_table.c.session_id == session_id, messages_table.c.id > after_id))
+            .order_by(messages_table.c.id)
+            .limit(limit)
+        )
+        with self.connect() as conn:
+            return [_message(r) for r in conn.execute(query).all()]
+
+    def find_client_message(self, session_id: int, sender_id: int, client_msg_id: str) -> MessageRecord | None:
+        with self.connect() as conn:
+            row = conn.execute(
+                select(messages_table).where(
+                    and_(
+                        messages_table.c.session_id == session_id,
+                        messages_table.c.sender_id == sender_id,
+                        messages_table.c.client_msg_id == client_msg_id,
+                    )
+                )
+            ).first()
+        return _message(row) if row is not None else None
+
+    def count_messages(self, session_id: int) -> int:
+        with self.connect() as conn:
+            return conn.execute(
+                select(func.count()).select_from(messages_table).where(messages_table.c.session_id == session_id)
+            ).scalar_one()
