@@ -73,6 +73,13 @@ def post_worker_init(worker):
     install(worker)
 
 
+def worker_int(worker):
+    """INT/QUIT is gunicorn's quick stop: still close WebSockets with 1001 (within a second) before exiting."""
+    from service.realtime.worker import quick_shutdown
+
+    quick_shutdown(worker)
+
+
 def child_exit(server, worker):
     """In the master, for every worker that ended (crashes too): drop its stats and live metrics."""
     state.forget_worker(_settings.state_dir, worker.pid)

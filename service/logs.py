@@ -108,7 +108,7 @@ def gunicorn_logconfig(log_format: str, log_level: str) -> dict[str, Any]:
         "loggers": {
             "gunicorn.error": {"level": level, "handlers": ["chat"], "propagate": False},
             "gunicorn.access": {"level": "INFO", "handlers": ["chat"], "propagate": False},
-            # gevent-websocket's own access lines duplicate gunicorn's.
-            "geventwebsocket.handler": {"level": "WARNING", "handlers": ["chat"], "propagate": False},
+            # gevent-websocket's debug chatter off; its warnings reach the root handler.
+            "geventwebsocket.handler": {"level": "WARNING"},
         },
     }

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import websocket
-from support import Client, base_env, free_port, fresh_id, run_cli
+from support import ROOT, Client, base_env, free_port, fresh_id, run_cli
 
 
 @dataclass
@@ -193,7 +193,12 @@ def test_operator_lifecycle_start_status_reload_restart_stop(deployment: Deploym
             return report
         return None
 
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale_stats = Path(deployment.env["STATE_DIR"]) / "workers" / f"{dead.pid}.json"
+    stale_stats.write_text(json.dumps({"pid": dead.pid, "master": master}))
     report = wait_until(figures_after_traffic, timeout=10)
+    assert not stale_stats.exists()  # a dead worker's figures are ignored and removed
     (worker,) = report["workers"]
     assert report["master"]["pid"] == master
     assert worker["users"] == 2 and worker["messages_in"] >= 7 and worker["messages_out"] >= 6
@@ -242,3 +247,25 @@ def test_operator_lifecycle_start_status_reload_restart_stop(deployment: Deploym
     assert not deployment.pidfile.exists()
     log = Path(deployment.env["LOGFILE"]).read_text()
     assert "Booting worker" in log and "gunicorn.access" in log
+
+
+def test_foreground_start_logs_to_the_terminal_and_ctrl_c_still_says_1001(deployment: Deployment) -> None:
+    """`start` runs gunicorn in the foreground (pid file written, logs on stderr); Ctrl-C closes clients with 1001."""
+    log_path = deployment.directory / "terminal.log"
+    with open(log_path, "wb") as terminal:
+        proc = subprocess.Popen([sys.executable, "-m", "service", "start"], cwd=ROOT, env=deployment.env,
+                                stdout=terminal, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: deployment.master() == proc.pid and deployment.cli("status").returncode == 0, timeout=30)
+        client = deployment.client(fresh_id())
+        proc.send_signal(signal.SIGINT)
+        _, code, _ = frames_until_close(client)
+        assert code == 1001
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    output = log_path.read_text()
+    assert "Booting worker" in output and "gunicorn.access" in output
+    assert deployment.cli("status").returncode == 3

@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from ..config import PROJECT_ROOT, Settings
+from ..config import PROJECT_ROOT, Settings, serving_problems
 from ..ops import state
 from . import Context, cli, pass_context
 
@@ -179,6 +179,11 @@ def reload(ctx: Context) -> None:
     if pid is None:
         click.echo(f"{NAME} is not running")
         sys.exit(EXIT_RELOAD_NOT_RUNNING)
+    problems = serving_problems(settings)
+    if problems:
+        # gunicorn re-reads gunicorn.conf.py on HUP, and a refusal there would stop the running master.
+        click.echo(f"{NAME}: not reloading: {problems[0]}", err=True)
+        sys.exit(1)
     old = {w["pid"] for w in live_workers(settings, pid)}
     os.kill(pid, signal.SIGHUP)
 

@@ -49,3 +49,10 @@ def install(worker: Any) -> None:
         reporter.write()
 
     gevent.spawn(watch)
+
+
+def quick_shutdown(worker: Any) -> None:
+    """INT/QUIT (Ctrl-C in the foreground): gunicorn exits the worker right after this; say 1001 first."""
+    hub = getattr(worker.wsgi, "extensions", {}).get("chat_hub")
+    if hub is not None:
+        hub.shutdown(reason="server shutting down", timeout=1.0)
