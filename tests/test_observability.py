@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import time
@@ -90,11 +91,16 @@ def test_metrics_match_the_traffic_sent_across_two_workers(
 ) -> None:
     """/metrics from any worker adds up both workers: connections, messages, errors, auth failures, latencies."""
     server = server_factory(workers=2, REDIS_URL=redis_url, RATE_LIMIT=0)
-    clients: list[Client] = []
-    for _ in range(40):  # the kernel picks the worker: connect until both serve someone
-        clients.append(server.client())
-        if len({worker_pid(c) for c in clients}) == 2 and len(clients) >= 4:
-            break
+    clients = [server.client() for _ in range(4)]
+    busy = {worker_pid(c) for c in clients}
+    if len(busy) == 1:
+        # The kernel tends to hand every connection to the same worker: pause it so the other accepts some.
+        (pid,) = busy
+        os.kill(int(pid), signal.SIGSTOP)
+        try:
+            clients += [server.client() for _ in range(4)]
+        finally:
+            os.kill(int(pid), signal.SIGCONT)
     assert len({worker_pid(c) for c in clients}) == 2, "all connections went to one worker"
 
     per_client = 3

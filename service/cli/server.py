@@ -86,20 +86,30 @@ def start_daemon(settings: Settings) -> int:
         click.echo((result.stderr or result.stdout).strip(), err=True)
         return 1
 
-    def ready() -> int | None:
-        pid, _ = state.running_pid(settings.pidfile)
-        if pid is not None and len(live_workers(settings, pid)) >= settings.worker_count:
-            return pid
-        return None
-
-    pid = wait_for(ready, START_TIMEOUT)
+    pid = wait_until_serving(settings)
     if pid is None:
-        click.echo(f"{NAME}: did not come up within {START_TIMEOUT:.0f}s; last lines of {settings.logfile}:", err=True)
+        click.echo(f"{NAME}: did not come up; last lines of {settings.logfile}:", err=True)
         click.echo(log_tail(settings), err=True)
         return 1
     click.echo(f"{NAME} started (pid {pid}), listening on {settings.websocket_host}:{settings.websocket_port}, "
                f"{settings.worker_count} worker(s), log {settings.logfile}")
     return 0
+
+
+def wait_until_serving(settings: Settings) -> int | None:
+    """The master's pid once every worker reports; None on timeout or when the master died (port in use...)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    seen: int | None = None
+    while time.monotonic() < deadline:
+        pid, _ = state.running_pid(settings.pidfile)
+        if pid is None and seen is not None:
+            return None
+        if pid is not None:
+            seen = pid
+            if len(live_workers(settings, pid)) >= settings.worker_count:
+                return pid
+        time.sleep(0.1)
+    return None
 
 
 def stop_master(settings: Settings, pid: int) -> int:

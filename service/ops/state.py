@@ -56,9 +56,18 @@ def running_pid(path: str | Path) -> tuple[int | None, int | None]:
     pid = read_pidfile(path)
     if pid is None:
         return None, None
-    if pid_alive(pid) and not _is_zombie(pid):
+    if pid_alive(pid) and not _is_zombie(pid) and _is_gunicorn(pid):
         return pid, None
     return None, pid
+
+
+def _is_gunicorn(pid: int) -> bool:
+    """Whether the pid still belongs to a gunicorn master: a pid file under var/ outlives a reboot, and its pid
+    may be reused by an unrelated process. True where /proc cannot tell."""
+    try:
+        return b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
 
 
 def _is_zombie(pid: int) -> bool:

@@ -147,4 +147,5 @@ class Connection(ConnectionState):
                 self.flush(2.0)
                 self.ws.close(*self._close_args)
             self._outbox.clear()
-            log.debug("connection closed", extra={"connection_id": self.connection_id, "user_id": self.user_id})
+            log.info("disconnected", extra={"connection_id": self.connection_id, "user_id": self.user_id,
+                                            "remote_addr": self.remote_addr})
