@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable
 
 import pytest
+import sqlalchemy
 from prometheus_client.parser import text_string_to_metric_families
 from support import Client, Server, free_port, fresh_id
 from test_operations import frames_until_close, wait_until
@@ -32,11 +32,13 @@ def worker_pid(client: Client) -> str:
     return client.connection_id.rsplit("-", 3)[1]
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
 def test_shutdown_stores_and_delivers_in_flight_messages_then_closes_1001(
-    server_factory: Callable[..., Server],
+    server_factory: Callable[..., Server], request: pytest.FixtureRequest, backend: str
 ) -> None:
     """On TERM every client gets each message of its that was stored, then close 1001; the worker exits fast."""
-    server = server_factory(RATE_LIMIT=0)
+    url = request.getfixturevalue("mariadb_database") if backend == "mariadb" else None
+    server = server_factory(database_url=url, RATE_LIMIT=0)
     clients, sessions = [], []
     for _ in range(4):
         user = fresh_id()
@@ -48,23 +50,27 @@ def test_shutdown_stores_and_delivers_in_flight_messages_then_closes_1001(
     for client, session_id in zip(clients, sessions, strict=True):
         for n in range(50):
             client.say(session_id, f"burst {n}")
+    first = clients[0].recv_type("new_message")  # the server is busy with the bursts now
     started = time.monotonic()
     assert server.proc is not None
     server.proc.send_signal(signal.SIGTERM)  # the master, as `stop` does
     results = [frames_until_close(client) for client in clients]
+    results[0][0].insert(0, first)
     server.proc.wait(15)
     elapsed = time.monotonic() - started
     assert elapsed < 5, f"server took {elapsed:.1f}s to stop"
 
-    db = sqlite3.connect(server.env["DATABASE_URL"].removeprefix("sqlite:///"))
+    engine = sqlalchemy.create_engine(server.env["DATABASE_URL"])
     total_stored = 0
     for (frames, code, reason), session_id in zip(results, sessions, strict=True):
         assert code == 1001 and reason == "server shutting down"
         delivered = [f["message"]["id"] for f in frames if f["type"] == "new_message"]
-        stored = [row[0] for row in db.execute(
-            "SELECT id FROM chat_messages WHERE session_id = ? ORDER BY id", (session_id,))]
+        with engine.connect() as conn:
+            stored = list(conn.scalars(sqlalchemy.text(
+                "SELECT id FROM chat_messages WHERE session_id = :sid ORDER BY id"), {"sid": session_id}))
         assert delivered == stored  # stored => delivered, in order, before the close frame
         total_stored += len(stored)
+    engine.dispose()
     print("stored", total_stored, "of 200; stopped in", round(elapsed, 2))
     assert total_stored > 0
     assert "Worker graceful timeout" not in server.log()
