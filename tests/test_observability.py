@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -182,3 +185,65 @@ def test_logs_carry_ids_and_access_lines_but_never_message_content(
     else:
         assert any("gunicorn.access" in line and '"GET /healthz HTTP/1.1" 200' in line for line in lines)
         assert any(f"session_id={session_id}" in line and f"user_id={user}" in line for line in lines)
+
+
+class TcpForwarder:
+    """A loopback port that forwards to MariaDB once opened: a database that comes up after the server."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self.port, self.target = port, target
+        self.listener: socket.socket | None = None
+
+    def open(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+
+
+def test_database_that_comes_up_later_gets_its_tables_and_readyz_turns_200(
+    server_factory: Callable[..., Server], mariadb_database: str
+) -> None:
+    """Started with MariaDB unreachable: 503 first; once it answers, tables are created and chat works."""
+    forwarder = TcpForwarder(free_port(), ("127.0.0.1", 3306))
+    url = mariadb_database.replace("127.0.0.1:3306", f"127.0.0.1:{forwarder.port}")
+    server = server_factory(database_url=url)
+    try:
+        assert server.http("GET", "/readyz")[0] == 503
+        forwarder.open()
+        assert server.http("GET", "/readyz")[0] == 200
+        user = fresh_id()
+        session_id = server.open_session(user)
+        client = server.client(user)
+        client.say(session_id, "after the outage")
+        assert client.recv_type("new_message")["message"]["content"] == "after the outage"
+        client.close()
+        assert "database reachable again" in server.log()
+    finally:
+        server.stop()
+        forwarder.close()

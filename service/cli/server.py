@@ -237,8 +237,11 @@ FIGURES = ("connections", "authenticated", "users", "joined", "messages_in", "me
 
 def status_report(settings: Settings, pid: int) -> dict[str, Any]:
     now = time.time()
-    workers = live_workers(settings, pid)
+    workers = [w for w in live_workers(settings, pid) if "started_at" in w and "updated_at" in w]
     for worker in workers:
+        for name in FIGURES:
+            worker.setdefault(name, 0)
+        worker.setdefault("node_id", "")
         worker["uptime_seconds"] = round(now - worker["started_at"], 1)
         worker["age_seconds"] = round(now - worker["updated_at"], 1)
     totals = {name: sum(w.get(name, 0) for w in workers) for name in FIGURES}

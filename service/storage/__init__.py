@@ -81,7 +81,7 @@ def init_storage(app: Flask, settings: Settings, create_tables: bool = True) -> 
             # The server must start (and answer /healthz, /readyz 503) while the database is down: the tables
             # are created on the first database use that finds it up.
             log.error("database unreachable at start-up (%s); tables will be created when it answers",
-                      type(exc.orig or exc).__name__)
+                      str(exc.orig or exc)[:200])
             storage.prepare = lambda: create_missing_tables(engine)
     return storage
 
