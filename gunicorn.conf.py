@@ -46,16 +46,17 @@ if _settings.websocket_ssl:
     keyfile = _settings.websocket_ssl_key
 
 
+# gunicorn writes the pid file before any hook runs (and refuses to start when it names a live master).
+for _directory in (os.path.dirname(_settings.pidfile), os.path.dirname(_settings.logfile), _settings.state_dir):
+    if _directory:
+        os.makedirs(_directory, exist_ok=True)
+
+
 def on_starting(server):
-    """Before the pid file and the port: refuse a second master, prepare var/ and the metrics directory."""
-    running, _stale = state.running_pid(_settings.pidfile)
-    if running is not None and running != os.getpid():
-        sys.exit(f"chat: already running (pid {running}, pid file {_settings.pidfile})")
-    for path in (os.path.dirname(_settings.pidfile), os.path.dirname(_settings.logfile), _settings.state_dir):
-        if path:
-            os.makedirs(path, exist_ok=True)
-    # prometheus-client reads this in every worker, which inherits it from the master.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(state.prepare_state_dir(_settings.state_dir))
+    """After the pid file, before the port: fresh metrics files, and the open-file limit raised."""
+    if not server.master_pid:  # not a USR2 re-exec, whose old master still uses the metrics files
+        # prometheus-client reads this in every worker, which inherits it from the master.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(state.prepare_state_dir(_settings.state_dir))
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)

@@ -107,7 +107,8 @@ def gunicorn_logconfig(log_format: str, log_level: str) -> dict[str, Any]:
         "root": {"level": level, "handlers": ["chat"]},
         "loggers": {
             "gunicorn.error": {"level": level, "handlers": ["chat"], "propagate": False},
-            "gunicorn.access": {"level": "INFO", "handlers": ["chat"], "propagate": False},
+            # Access lines are INFO: LOG_LEVEL=warning silences them like every other routine line.
+            "gunicorn.access": {"level": level, "handlers": ["chat"], "propagate": False},
             # gevent-websocket's debug chatter off; its warnings reach the root handler.
             "geventwebsocket.handler": {"level": "WARNING"},
         },
