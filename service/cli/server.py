@@ -52,10 +52,10 @@ def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.1
         time.sleep(interval)
 
 
-def master_pid(settings: Settings, report_stale: bool = True) -> int | None:
+def master_pid(settings: Settings) -> int | None:
     """The running master's pid; a stale pid file is removed (and said so)."""
     pid, stale = state.running_pid(settings.pidfile)
-    if stale is not None and state.remove_stale_pidfile(settings.pidfile, stale) and report_stale:
+    if stale is not None and state.remove_stale_pidfile(settings.pidfile, stale):
         click.echo(f"{NAME}: removed stale pid file {settings.pidfile} (pid {stale} is not running)", err=True)
     return pid
 
@@ -71,15 +71,8 @@ def log_tail(settings: Settings, lines: int = 15) -> str:
         return "(no log file)"
 
 
-def prepare_directories(settings: Settings) -> None:
-    for path in (os.path.dirname(settings.pidfile), os.path.dirname(settings.logfile), settings.state_dir):
-        if path:
-            os.makedirs(path, exist_ok=True)
-
-
 def start_daemon(settings: Settings) -> int:
     """Start gunicorn with --daemon and wait until the master wrote its pid file and every worker reports."""
-    prepare_directories(settings)
     result = subprocess.run(gunicorn_command(True, settings), cwd=PROJECT_ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         click.echo(f"{NAME}: gunicorn exited with {result.returncode}", err=True)
@@ -123,18 +116,14 @@ def stop_master(settings: Settings, pid: int) -> int:
     limit = settings.graceful_timeout + STOP_MARGIN
 
     def gone() -> bool:
-        return state.running_pid(settings.pidfile)[0] != pid and not _alive(pid)
+        # A master started by our own parent stays a zombie until reaped: that counts as gone.
+        return state.running_pid(settings.pidfile)[0] != pid and (not state.pid_alive(pid) or state.is_zombie(pid))
 
     if not wait_for(gone, limit, 0.05):
         click.echo(f"{NAME}: pid {pid} did not stop within {limit:.0f}s (kill -KILL {pid} to force it)", err=True)
         return 1
     click.echo(f"{NAME} stopped (pid {pid}) in {time.monotonic() - started:.1f}s")
     return 0
-
-
-def _alive(pid: int) -> bool:
-    """Alive and not a zombie: a master started by our own parent stays a zombie until it is reaped."""
-    return state.pid_alive(pid) and state._is_zombie(pid) is False
 
 
 @cli.command()
@@ -149,7 +138,6 @@ def start(ctx: Context, daemon: bool) -> None:
         sys.exit(0)
     if daemon:
         sys.exit(start_daemon(settings))
-    prepare_directories(settings)
     command = gunicorn_command(False, settings)
     os.chdir(PROJECT_ROOT)
     os.execv(command[0], command)

@@ -56,7 +56,7 @@ def running_pid(path: str | Path) -> tuple[int | None, int | None]:
     pid = read_pidfile(path)
     if pid is None:
         return None, None
-    if pid_alive(pid) and not _is_zombie(pid) and _is_gunicorn(pid):
+    if pid_alive(pid) and not is_zombie(pid) and _is_gunicorn(pid):
         return pid, None
     return None, pid
 
@@ -70,7 +70,7 @@ def _is_gunicorn(pid: int) -> bool:
         return True
 
 
-def _is_zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
@@ -119,7 +119,7 @@ def read_worker_stats(state_dir: str | Path, master: int | None = None) -> list[
             pid = int(data["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if not pid_alive(pid) or _is_zombie(pid):
+        if not pid_alive(pid) or is_zombie(pid):
             with contextlib.suppress(OSError):
                 path.unlink()
             continue

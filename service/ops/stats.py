@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -68,11 +67,3 @@ class StatsReporter:
         while True:
             gevent.sleep(self.interval)
             self.write()
-
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-        try:
-            Path(self.path).unlink()
-        except OSError:
-            pass
