@@ -13,8 +13,9 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(BIN)/.installed
 
+# Same as `$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app` (see docs/operations.md); `start -d` for a daemon.
 run: venv
-	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	$(BIN)/python -m service start
 
 test: venv
 	$(BIN)/python -m pytest

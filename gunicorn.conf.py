@@ -1,14 +1,20 @@
 """gunicorn settings, all derived from the service's configuration (environment > .env > defaults).
 
-Only `service.config` is imported here: the master must not import database, Redis or socket libraries
-before the workers fork and monkey-patch. A bad setting stops start-up here, with one line, before the
-port is bound.
+Only `service.config` and standard-library helpers of the service (`service.logs`, `service.ops.state`)
+are imported here: the master must not import database, Redis or socket libraries before the workers fork
+and monkey-patch. A bad setting stops start-up here, with one line, before the port is bound.
+
+`python -m service start -d` adds `--daemon --error-logfile LOGFILE --capture-output` on the command line;
+everything else is the same for `gunicorn -c gunicorn.conf.py wsgi:app`.
 """
 
+import os
 import resource
 import sys
 
 from service.config import ConfigError, load_settings, serving_problems
+from service.logs import gunicorn_logconfig
+from service.ops import state
 
 try:
     _settings = load_settings()
@@ -27,10 +33,12 @@ keepalive = 5
 # gunicorn 27's control socket is one path per host: two instances (tests, the 2346-2348 nginx layout)
 # would fight over it.
 control_socket_disable = True
+pidfile = _settings.pidfile
 loglevel = _settings.log_level
 accesslog = "-"
 errorlog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+logconfig_dict = gunicorn_logconfig(_settings.log_format, _settings.log_level)
 proc_name = "chat-service"
 
 if _settings.websocket_ssl:
@@ -38,8 +46,18 @@ if _settings.websocket_ssl:
     keyfile = _settings.websocket_ssl_key
 
 
+# gunicorn writes the pid file before any hook runs (and refuses to start when it names a live master).
+for _directory in (os.path.dirname(_settings.pidfile), os.path.dirname(_settings.logfile), _settings.state_dir):
+    if _directory:
+        os.makedirs(_directory, exist_ok=True)
+
+
 def on_starting(server):
-    """Raise the open-file limit to the hard limit: each WebSocket is a file descriptor."""
+    """After the pid file, before the port: fresh metrics files, and the open-file limit raised."""
+    if not server.master_pid:  # not a USR2 re-exec, whose old master still uses the metrics files
+        # prometheus-client reads this in every worker, which inherits it from the master.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(state.prepare_state_dir(_settings.state_dir))
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
     if soft < wanted:
@@ -50,7 +68,22 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    """In the worker, after the app loaded: our handler (handshake policy, RFC 6455 framing) and shutdown."""
+    """In the worker, after the app loaded: our handler (handshake policy, RFC 6455 framing), stats, shutdown."""
     from service.realtime.worker import install
 
     install(worker)
+
+
+def worker_int(worker):
+    """INT/QUIT is gunicorn's quick stop: still close WebSockets with 1001 (within a second) before exiting."""
+    from service.realtime.worker import quick_shutdown
+
+    quick_shutdown(worker)
+
+
+def child_exit(server, worker):
+    """In the master, for every worker that ended (crashes too): drop its stats and live metrics."""
+    state.forget_worker(_settings.state_dir, worker.pid)
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, os.environ.get("PROMETHEUS_MULTIPROC_DIR"))

@@ -13,6 +13,7 @@ from .auth import TrustAuthenticator
 from .config import Settings, load_settings
 from .logs import configure_logging
 from .ops import init_ops
+from .ops.metrics import Metrics
 from .realtime import init_realtime
 from .realtime.fanout import Fanout
 from .realtime.hub import ChatHub, make_node_id
@@ -46,7 +47,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     registry = Registry()
     fanout = Fanout(registry, make_node_id(), backplane=None)
     writer = MessageWriter(storage, settings.writer_batch, settings.writer_concurrency)
-    hub = ChatHub(settings, storage, make_authenticator(settings, storage), registry, fanout, writer)
+    metrics = Metrics()
+    writer.observe = metrics.db_write
+    fanout.on_delivered = metrics.delivered
+    hub = ChatHub(settings, storage, make_authenticator(settings, storage), registry, fanout, writer, metrics)
     fanout.on_event = hub.on_event
 
     init_realtime(app, hub)

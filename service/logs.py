@@ -1,7 +1,8 @@
 """One log line per event: readable text, or JSON lines with LOG_FORMAT=json.
 
 Fields passed with `extra=` (connection_id, user_id, session_id...) appear in both. Message content is
-never logged at INFO or above.
+never logged at INFO or above. gunicorn's own error and access logs go through the same formatters (see
+`logconfig_dict` in gunicorn.conf.py), so a JSON deployment gets JSON lines only.
 """
 
 from __future__ import annotations
@@ -9,10 +10,33 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 from .config import Settings
 
 CONTEXT_FIELDS = ("connection_id", "user_id", "session_id", "remote_addr", "origin", "path", "worker")
+
+# gunicorn's access log passes its atoms as the record's args: (atom, field name in a JSON line).
+ACCESS_FIELDS = (("h", "remote_addr"), ("m", "method"), ("U", "path"), ("q", "query"), ("s", "status"),
+                 ("B", "bytes"), ("M", "duration_ms"), ("a", "user_agent"))
+
+
+def _access_fields(record: logging.LogRecord) -> dict[str, Any]:
+    if record.name != "gunicorn.access" or not hasattr(record.args, "get"):
+        return {}
+    atoms: Any = record.args
+    out: dict[str, Any] = {}
+    for atom, name in ACCESS_FIELDS:
+        value = atoms.get(atom)
+        if value in (None, "-", ""):
+            continue
+        if name in ("status", "bytes", "duration_ms"):
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                pass
+        out[name] = value
+    return out
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,9 +52,10 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 entry[name] = value
+        entry.update(_access_fields(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 class TextFormatter(logging.Formatter):
@@ -45,14 +70,46 @@ class TextFormatter(logging.Formatter):
         return f"{line} {context}" if context else line
 
 
+class ChatStreamHandler(logging.StreamHandler):
+    """The root handler of the service (stderr; the log file when daemonized), found again by class."""
+
+
+def formatter_for(log_format: str) -> logging.Formatter:
+    return JsonFormatter() if log_format == "json" else TextFormatter()
+
+
 def configure_logging(settings: Settings) -> None:
-    """Configure the root logger once per process (gunicorn's own loggers keep their handlers)."""
+    """Configure the root logger once per process (under gunicorn, logconfig_dict already did it)."""
     root = logging.getLogger()
-    formatter = JsonFormatter() if settings.log_format == "json" else TextFormatter()
-    handler = next((h for h in root.handlers if getattr(h, "chat_handler", False)), None)
+    handler = next((h for h in root.handlers if isinstance(h, ChatStreamHandler)), None)
     if handler is None:
-        handler = logging.StreamHandler()
-        handler.chat_handler = True  # type: ignore[attr-defined]
+        handler = ChatStreamHandler()
         root.addHandler(handler)
-    handler.setFormatter(formatter)
+    handler.setFormatter(formatter_for(settings.log_format))
     root.setLevel(settings.log_level.upper())
+
+
+def gunicorn_logconfig(log_format: str, log_level: str) -> dict[str, Any]:
+    """`logconfig_dict` for gunicorn: its error and access loggers and the root share one handler and format.
+
+    Everything goes to stderr: the terminal in the foreground; with `--daemon --capture-output` gunicorn points
+    stderr at the log file. Propagation is off so no line is written twice.
+    """
+    formatter = "service.logs.JsonFormatter" if log_format == "json" else "service.logs.TextFormatter"
+    level = log_level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"chat": {"()": formatter}},
+        "handlers": {
+            "chat": {"class": "service.logs.ChatStreamHandler", "formatter": "chat", "stream": "ext://sys.stderr"},
+        },
+        "root": {"level": level, "handlers": ["chat"]},
+        "loggers": {
+            "gunicorn.error": {"level": level, "handlers": ["chat"], "propagate": False},
+            # Access lines are INFO: LOG_LEVEL=warning silences them like every other routine line.
+            "gunicorn.access": {"level": level, "handlers": ["chat"], "propagate": False},
+            # gevent-websocket's debug chatter off; its warnings reach the root handler.
+            "geventwebsocket.handler": {"level": "WARNING"},
+        },
+    }

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -40,9 +41,13 @@ def free_port() -> int:
 
 def base_env(**overrides: Any) -> dict[str, str]:
     """The environment for a server under test: isolated from the committed .env and the caller's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBSOCKET_", "DATABASE_", "REDIS_", "AUTH_", "JWT_"))}
+    isolated = ("WEBSOCKET_", "DATABASE_", "REDIS_", "AUTH_", "JWT_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(isolated)}
     env["CHAT_ENV_FILE"] = str(ROOT / "tests" / "no.env")
     env["PYTHONUNBUFFERED"] = "1"
+    # Each server its own pid file and state dir: a second server on the same pid file refuses to start.
+    state = Path(tempfile.mkdtemp(prefix="chat-test-"))
+    env.update(PIDFILE=str(state / "chat.pid"), LOGFILE=str(state / "chat.log"), STATE_DIR=str(state / "run"))
     env.update({k: str(v) for k, v in overrides.items()})
     return env
 

@@ -1,36 +1,18 @@
-"""Operations endpoints: liveness and readiness."""
+"""Operations: health and readiness, Prometheus metrics, and the files `status` reads.
+
+This package's `__init__` imports nothing heavy: the gunicorn master and the CLI use `service.ops.state`
+without pulling in Flask or the database libraries.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, current_app, jsonify
+from typing import TYPE_CHECKING
 
-from ..storage import StorageError
-
-bp = Blueprint("ops", __name__)
-
-
-@bp.get("/healthz")
-def healthz():
-    """The process answers; says nothing about its dependencies (that is /readyz)."""
-    return jsonify({"status": "ok"})
-
-
-@bp.get("/readyz")
-def readyz():
-    """200 when the database (and Redis, when configured) answer; 503 naming what is down."""
-    hub = current_app.extensions["chat_hub"]
-    checks: dict[str, str] = {}
-    try:
-        hub.storage.ping()
-        checks["database"] = "ok"
-    except StorageError:
-        checks["database"] = "down"
-    backplane = hub.fanout.backplane
-    if backplane is not None:
-        checks["backplane"] = "ok" if backplane.status().get("connected") else "degraded"
-    ready = all(v == "ok" for v in checks.values())
-    return jsonify({"status": "ready" if ready else "unavailable", "checks": checks}), 200 if ready else 503
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def init_ops(app: Flask) -> None:
+    from .health import bp
+
     app.register_blueprint(bp)

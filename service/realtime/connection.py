@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import gevent
 
 from .protocol import ConnectionState, TokenBucket, dispatch, encode
-from .websocket import CLOSE_NORMAL, CLOSE_POLICY, ChatWebSocket
+from .websocket import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, ChatWebSocket
 
 if TYPE_CHECKING:
     from .hub import ChatHub
@@ -81,13 +81,16 @@ class Connection(ConnectionState):
         if writer is not None:
             writer.join(timeout)
 
-    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
-        """Close from any greenlet: flush what is queued, send the close frame, and let the reader finish."""
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> gevent.Greenlet | None:
+        """Close from any greenlet: flush what is queued, send the close frame, and let the reader finish.
+
+        Returns the greenlet doing it (None when already closing), for callers that wait (shutdown).
+        """
         if self.closing:
-            return
+            return None
         self.closing = True
         self._close_args = (code, reason)
-        gevent.spawn(self._close_from_outside, code, reason)
+        return gevent.spawn(self._close_from_outside, code, reason)
 
     def _close_from_outside(self, code: int, reason: str) -> None:
         self.flush(2.0)
@@ -111,6 +114,8 @@ class Connection(ConnectionState):
         try:
             self.ws._socket.settimeout(hub.settings.heartbeat_timeout)
             self.send_json({"type": "connected", "message": "WebSocket连接成功", "connection_id": self.connection_id})
+            if hub.stopping:  # accepted just as the worker began to stop
+                self.close(CLOSE_GOING_AWAY, "server shutting down")
             while True:
                 try:
                     raw = self.ws.receive_message()
@@ -120,11 +125,16 @@ class Connection(ConnectionState):
                     break
                 if raw is None:
                     break
-                if self.closing:
+                if self.closing or hub.stopping:
                     continue  # closing: read on until the peer's close frame, answer nothing
                 self.messages_in += 1
                 hub.counters["messages_in"] += 1
-                for reply in dispatch(hub, self, raw):
+                hub.inflight += 1
+                try:
+                    replies = dispatch(hub, self, raw)
+                finally:
+                    hub.inflight -= 1
+                for reply in replies:
                     self.send_json(reply)
                 # A client whose next frame is already buffered would otherwise run on without yielding.
                 gevent.sleep(0)
@@ -137,4 +147,5 @@ class Connection(ConnectionState):
                 self.flush(2.0)
                 self.ws.close(*self._close_args)
             self._outbox.clear()
-            log.debug("connection closed", extra={"connection_id": self.connection_id, "user_id": self.user_id})
+            log.info("disconnected", extra={"connection_id": self.connection_id, "user_id": self.user_id,
+                                            "remote_addr": self.remote_addr})

@@ -23,6 +23,7 @@ class Event:
 
     `include`: a connection id that gets the frame even when not in the room (a sender not joined).
     `exclude`: a connection id that must not get it (a typing client's own notice).
+    `stored_at`: when the message was stored (time.time()), so every process can measure delivery latency.
     """
 
     session_id: int
@@ -32,6 +33,7 @@ class Event:
     exclude: str | None = None
     message_id: int | None = None
     origin: str = ""
+    stored_at: float = 0.0  # wall-clock time the message was stored (delivery latency metric)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))

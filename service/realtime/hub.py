@@ -14,6 +14,8 @@ import socket
 import time
 from typing import Any
 
+import gevent
+
 from ..auth import Identity, session_access
 from ..config import Settings
 from ..errors import Problem, Refused
@@ -58,6 +60,7 @@ class ChatHub:
         self._sessions: dict[int, tuple[SessionRecord, float]] = {}
         self.started_at = time.time()
         self.stopping = False
+        self.inflight = 0  # client frames being handled right now (graceful shutdown waits for them)
         self.counters = {"messages_in": 0, "messages_out": 0, "stored": 0}
 
     # -- identities and sessions ------------------------------------------------------------------
@@ -118,6 +121,8 @@ class ChatHub:
 
         A duplicate client_msg_id stores nothing and publishes nothing: the caller answers its sender alone.
         """
+        if self.metrics is not None:
+            self.metrics.message_received()
         message = NewMessage(
             session_id=session.id,
             sender_id=identity.user_id,
@@ -148,6 +153,7 @@ class ChatHub:
                 kind="new_message",
                 include=sender_connection,
                 message_id=stored.id,
+                stored_at=time.time(),
             )
         )
         return stored, False
@@ -164,14 +170,24 @@ class ChatHub:
         if event.kind == "session_closed":
             self.forget_session(event.session_id)
 
-    def shutdown(self, reason: str = "server shutting down") -> None:
-        """Graceful stop: finish storing what is queued, tell every client to go away (1001), stop fan-out."""
+    def shutdown(self, reason: str = "server shutting down", timeout: float | None = None) -> None:
+        """Graceful stop, in order: take no new frames; let the handlers in flight store and publish; flush
+        every connection's queue and close it with 1001 (going away), so clients reconnect elsewhere.
+
+        A frame that arrives after this point is not processed: its client is told to reconnect.
+        """
         if self.stopping:
             return
         self.stopping = True
-        self.writer.stop()
+        budget = self.settings.graceful_timeout * 0.8 if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        while self.inflight and time.monotonic() < deadline:
+            gevent.sleep(0.005)
+        if self.inflight:
+            log.warning("%d handlers still running at shutdown", self.inflight)
+        self.writer.stop(max(0.1, deadline - time.monotonic()))
         connections = self.registry.connections()
         log.info("closing %d connections", len(connections))
-        for conn in connections:
-            conn.close(CLOSE_GOING_AWAY, reason)
+        closers = [conn.close(CLOSE_GOING_AWAY, reason) for conn in connections]
+        gevent.joinall([c for c in closers if c is not None], timeout=max(0.1, deadline - time.monotonic()))
         self.fanout.stop()

@@ -2,29 +2,57 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import gevent
+from gunicorn.workers.ggevent import PyWSGIHandler
 
 from .websocket import ChatHandler
 
+log = logging.getLogger(__name__)
+
+
+class LoggedChatHandler(ChatHandler, PyWSGIHandler):
+    """ChatHandler with gunicorn's request environ (RAW_URI...) and access log, like gunicorn's own handler.
+
+    gevent-websocket's handler would log through a logger of its own instead. A WebSocket is logged when it
+    ends, with status 101 and how long it stayed open.
+    """
+
+    log_request = PyWSGIHandler.log_request
+
 
 def install(worker: Any) -> None:
-    """Use ChatHandler for every connection, and close WebSockets with 1001 when the worker is told to stop.
+    """Use our handler for every connection, report this worker's figures, and stop gracefully.
 
     gunicorn's gevent worker waits up to graceful_timeout for open requests after TERM; an open WebSocket is
     one that never ends by itself, so the worker would wait the whole timeout. Watching `worker.alive`
-    lets the hub close them at once.
+    lets the hub finish what is in flight and close them at once (1001).
     """
-    worker.wsgi_handler = ChatHandler
+    worker.wsgi_handler = LoggedChatHandler
     app = worker.wsgi
     hub = getattr(app, "extensions", {}).get("chat_hub")
     if hub is None:
         return
 
+    from ..ops.stats import StatsReporter
+
+    reporter = StatsReporter(hub, hub.settings.state_dir)
+    reporter.start()
+
     def watch() -> None:
         while worker.alive:
-            gevent.sleep(0.2)
+            gevent.sleep(0.1)
+        log.info("worker stopping: finishing messages in flight, closing connections (1001)")
         hub.shutdown()
+        reporter.write()
 
     gevent.spawn(watch)
+
+
+def quick_shutdown(worker: Any) -> None:
+    """INT/QUIT (Ctrl-C in the foreground): gunicorn exits the worker right after this; say 1001 first."""
+    hub = getattr(worker.wsgi, "extensions", {}).get("chat_hub")
+    if hub is not None:
+        hub.shutdown(reason="server shutting down", timeout=1.0)

@@ -73,9 +73,17 @@ def init_storage(app: Flask, settings: Settings, create_tables: bool = True) -> 
         engine = db.engine
     if settings.is_sqlite:
         event.listen(engine, "connect", _tune_sqlite)
+    storage = Storage(engine, settings.tz, concurrency=POOL_SIZE)
     if create_tables:
-        create_missing_tables(engine)
-    return Storage(engine, settings.tz, concurrency=POOL_SIZE)
+        try:
+            create_missing_tables(engine)
+        except OperationalError as exc:
+            # The server must start (and answer /healthz, /readyz 503) while the database is down: the tables
+            # are created on the first database use that finds it up.
+            log.error("database unreachable at start-up (%s); tables will be created when it answers",
+                      str(exc.orig or exc)[:200])
+            storage.prepare = lambda: create_missing_tables(engine)
+    return storage
 
 
 def create_missing_tables(engine) -> None:

@@ -8,7 +8,7 @@ SQLAlchemy's pool is not fair under gevent (some greenlets starve while others g
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -57,6 +57,8 @@ class Storage:
         self.engine = engine
         self.tz = tz
         self._gate = BoundedSemaphore(concurrency)
+        # Schema creation still owed (the database was down at start-up); run on the next use, once.
+        self.prepare: Callable[[], None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -69,6 +71,10 @@ class Storage:
         """A pooled connection (in a transaction when `write`), with database errors as StorageError."""
         with self._gate:
             try:
+                if self.prepare is not None:
+                    self.prepare()
+                    self.prepare = None
+                    log.info("database reachable again; tables are in place")
                 with self.engine.connect() as conn:
                     if write:
                         with conn.begin():

@@ -50,6 +50,7 @@ class MessageWriter:
         self.timeout = timeout
         self._queue: Queue[_Pending] = Queue()
         self._writers: list[gevent.Greenlet] = []
+        self._busy = 0  # batches being written now
         dialect = storage.engine.dialect
         self._returning = bool(
             getattr(dialect, "insert_executemany_returning_sort_by_parameter_order", False)
@@ -73,11 +74,14 @@ class MessageWriter:
     def pending(self) -> int:
         return self._queue.qsize()
 
-    def stop(self) -> None:
-        """Finish what is queued, then stop the writers (graceful shutdown)."""
-        deadline = time.monotonic() + self.timeout
-        while self._queue.qsize() and time.monotonic() < deadline:
-            gevent.sleep(0.01)
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish what is queued and the batches being written, then stop the writers (graceful shutdown).
+
+        A store() after this starts the writers again, so a late caller still gets an answer.
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while (self._queue.qsize() or self._busy) and time.monotonic() < deadline:
+            gevent.sleep(0.005)
         for writer in self._writers:
             writer.kill(block=False)
         self._writers = []
@@ -90,6 +94,7 @@ class MessageWriter:
                     batch.append(self._queue.get_nowait())
                 except Empty:
                     break
+            self._busy += 1
             try:
                 self._write(batch)
             except Exception as exc:  # never let a writer die: every sender must get an answer
@@ -97,6 +102,8 @@ class MessageWriter:
                 for pending in batch:
                     if not pending.result.ready():
                         pending.result.set_exception(StorageError(type(exc).__name__))
+            finally:
+                self._busy -= 1
 
     def _write(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
