@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from support import (
     IN_CI,
     REDIS_TEST_URL,
@@ -73,17 +72,19 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
     def start(database_url: str | None = None, workers: int = 1, wait: bool = True, **settings: Any) -> Server:
         directory = Path(tmp_path_factory.mktemp("server"))
         port = settings.pop("port", None) or free_port()
+        defaults: dict[str, Any] = {
+            "STATE_DIR": directory / "run",
+            "PIDFILE": directory / "chat.pid",
+            "LOGFILE": directory / "chat.log",
+            "LOG_LEVEL": "info",
+            "GRACEFUL_TIMEOUT": 5,
+        }
         env = base_env(
             WEBSOCKET_HOST="127.0.0.1",
             WEBSOCKET_PORT=port,
             WEBSOCKET_WORKER_COUNT=workers,
             DATABASE_URL=database_url or f"sqlite:///{directory}/chat.db",
-            STATE_DIR=directory / "run",
-            PIDFILE=directory / "chat.pid",
-            LOGFILE=directory / "chat.log",
-            LOG_LEVEL="info",
-            GRACEFUL_TIMEOUT=5,
-            **settings,
+            **{**defaults, **settings},
         )
         server = Server(port=port, env=env, log_path=directory / "server.log")
         started.append(server)
