@@ -44,7 +44,12 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     storage = init_storage(app, settings)
     registry = Registry()
-    fanout = Fanout(registry, make_node_id(), backplane=None)
+    backplane = None
+    if settings.redis_url:
+        from .realtime.backplane import RedisBackplane  # noqa: PLC0415  (redis only when configured)
+
+        backplane = RedisBackplane(settings)
+    fanout = Fanout(registry, make_node_id(), backplane=backplane)
     writer = MessageWriter(storage, settings.writer_batch, settings.writer_concurrency)
     hub = ChatHub(settings, storage, make_authenticator(settings, storage), registry, fanout, writer)
     fanout.on_event = hub.on_event

@@ -22,6 +22,8 @@ def install(worker: Any) -> None:
     if hub is None:
         return
 
+    hub.fanout.start()  # the backplane listens from boot, even in a worker that never publishes
+
     def watch() -> None:
         while worker.alive:
             gevent.sleep(0.2)
