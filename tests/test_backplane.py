@@ -9,11 +9,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from support import ROOT, Client, Server, base_env, free_port, fresh_id
-from traffic import Pair, clients_per_node, exchange, node_of, split_pairs
+from traffic import Pair, clients_per_node, exchange, node_of, split_pairs, stop_all, wait_for_presence
 
 PAIRS = 12  # sessions, each with its customer and its agent on different processes
 PER_SENDER = 25  # messages each of the 2 * PAIRS connections sends, all at once
@@ -26,17 +26,22 @@ def prefix() -> str:
 
 
 @pytest.fixture(scope="module")
-def two_workers(server_factory: Callable[..., Server], mariadb_url: str, redis_url: str, prefix: str) -> Server:
-    return server_factory(database_url=mariadb_url, workers=2, REDIS_URL=redis_url, REDIS_CHANNEL_PREFIX=prefix,
-                          RATE_LIMIT=0, PRESENCE_TTL=2)
+def two_workers(server_factory: Callable[..., Server], mariadb_url: str, redis_url: str, prefix: str
+                ) -> Iterator[Server]:
+    server = server_factory(database_url=mariadb_url, workers=2, REDIS_URL=redis_url, REDIS_CHANNEL_PREFIX=prefix,
+                            RATE_LIMIT=0, PRESENCE_TTL=2)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
 def two_instances(server_factory: Callable[..., Server], mariadb_url: str, redis_url: str, prefix: str
-                  ) -> tuple[Server, Server]:
+                  ) -> Iterator[tuple[Server, Server]]:
     settings = {"REDIS_URL": redis_url, "REDIS_CHANNEL_PREFIX": prefix, "RATE_LIMIT": 0}
-    return (server_factory(database_url=mariadb_url, **settings),
-            server_factory(database_url=mariadb_url, **settings))
+    servers = (server_factory(database_url=mariadb_url, **settings),
+               server_factory(database_url=mariadb_url, **settings))
+    yield servers
+    stop_all(servers)
 
 
 @pytest.fixture(scope="module")
@@ -124,24 +129,6 @@ def test_session_closed_reaches_other_workers_and_refreshes_their_cache(two_work
             assert client.barrier() == []
     finally:
         close_all(pair.clients)
-
-
-def presence_of(server: Server, session_id: int, **headers: str) -> tuple[int, dict]:
-    return server.http("GET", f"/api/sessions/{session_id}/presence", headers=headers)
-
-
-def wait_for_presence(server: Server, session_id: int, expected: dict[int, int], timeout: float = 10.0) -> dict:
-    """Poll until presence (user id -> connections) is `expected`, whichever worker answers."""
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        status, body = presence_of(server, session_id)
-        assert status == 200, body
-        if {u["user_id"]: u["connections"] for u in body["users"]} == expected and body["complete"]:
-            assert body["connections"] == sum(expected.values())
-            return body
-        time.sleep(0.05)
-    raise AssertionError(f"presence never became {expected}: {body}")
 
 
 def test_presence_counts_users_and_connections_on_every_worker(two_workers: Server, agent_id: int) -> None:

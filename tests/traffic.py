@@ -7,6 +7,8 @@ once), out of order (a sender's sequence number went backwards). A node is a wor
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -14,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import websocket
-from support import Client, fresh_id
+from support import Client, Server, fresh_id
 
 
 def node_of(connection_id: str) -> str:
@@ -183,3 +185,29 @@ def tally(pairs: Sequence[Pair], per_sender: int, received: dict[str, list[tuple
                     elif n > 1:
                         result.duplicated += n - 1
     return result
+
+
+def wait_for_presence(server: Server, session_id: int, expected: dict[int, int], timeout: float = 10.0) -> dict:
+    """Poll GET .../presence until it is complete and says `expected` (user id -> connections)."""
+    deadline = time.monotonic() + timeout
+    body: dict = {}
+    while time.monotonic() < deadline:
+        status, body = server.http("GET", f"/api/sessions/{session_id}/presence")
+        assert status == 200, body
+        if {u["user_id"]: u["connections"] for u in body["users"]} == expected and body["complete"]:
+            assert body["connections"] == sum(expected.values())
+            return body
+        time.sleep(0.05)  # polling interval against the deadline
+    raise AssertionError(f"presence never became {expected}: {body}")
+
+
+def stop_all(servers: Sequence[Server]) -> None:
+    """Tell every server to stop at once, then wait for each (one by one costs each one's grace period)."""
+    for server in servers:
+        if server.proc is not None and server.proc.poll() is None:
+            try:
+                os.killpg(server.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for server in servers:
+        server.stop()
