@@ -204,7 +204,7 @@ class RedisBackplane:
 
     def presence(self, session_id: int) -> list[tuple[str, int]] | None:
         """(connection id, user id) of every live member of the session on any worker; None if Redis fails."""
-        if not self._listening and not self._publisher_up:
+        if not self._listening:  # known down: answer at once rather than after REDIS_TIMEOUT
             return None
         try:
             members = self._live_members(keys=[self._presence_key(session_id)])
