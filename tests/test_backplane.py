@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from support import ROOT, Client, Server, base_env, free_port, fresh_id
-from traffic import Pair, clients_per_node, exchange, node_of, split_pairs, stop_all, wait_for_presence
+from traffic import Pair, clients_per_node, exchange, make_pair, node_of, split_pairs, stop_all, wait_for_presence
 
 PAIRS = 12  # sessions, each with its customer and its agent on different processes
 PER_SENDER = 25  # messages each of the 2 * PAIRS connections sends, all at once
@@ -194,3 +194,20 @@ def test_more_than_one_worker_without_redis_refuses_to_start(tmp_path) -> None:
     ], result.stderr
     assert "Listening at" not in result.stdout + result.stderr
     assert elapsed < 10, elapsed
+
+
+
+def test_a_stopped_instance_withdraws_its_presence_at_once(two_instances: tuple[Server, Server], agent_id: int,
+                                                           server_factory: Callable[..., Server]) -> None:
+    """An instance told to stop removes its members from presence itself, not PRESENCE_TTL (30 s) later."""
+    staying = two_instances[0]
+    leaving = server_factory(database_url=staying.env["DATABASE_URL"], REDIS_URL=staying.env["REDIS_URL"],
+                             REDIS_CHANNEL_PREFIX=staying.env["REDIS_CHANNEL_PREFIX"])
+    customer, agent = Client(staying.ws_url), Client(leaving.ws_url)
+    try:
+        pair = make_pair(staying, agent_id, customer, agent)
+        wait_for_presence(staying, pair.session_id, {pair.customer_id: 1, agent_id: 1})
+        leaving.stop()  # returns once the process has exited
+        wait_for_presence(staying, pair.session_id, {pair.customer_id: 1}, timeout=1.0)
+    finally:
+        close_all([customer, agent])

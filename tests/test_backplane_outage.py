@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import websocket
 from support import IN_CI, Client, Server, free_port, fresh_id
-from traffic import Pair, clients_per_node, exchange, node_of, wait_for_presence
+from traffic import clients_per_node, exchange, make_pair, node_of, wait_for_presence
 
 
 class RedisProcess:
@@ -67,16 +67,6 @@ def throwaway_redis(tmp_path: Path) -> Iterator[RedisProcess]:
         yield redis
     finally:
         redis.stop()
-
-
-def make_pair(server: Server, agent_id: int, customer: Client, agent: Client) -> Pair:
-    customer_id = fresh_id()
-    session_id = server.open_session(customer_id)
-    customer.auth(customer_id)
-    agent.auth(agent_id)
-    customer.join(session_id)
-    agent.join(session_id)
-    return Pair(session_id, customer, agent, customer_id)
 
 
 def readiness(server: Server) -> list[tuple[int, str]]:

@@ -57,6 +57,17 @@ class Pair:
         return (self.customer, self.agent)
 
 
+def make_pair(server: Server, agent_id: int, customer: Client, agent: Client) -> Pair:
+    """A new session of a new customer, joined by `customer` and by `agent` (as the agent)."""
+    customer_id = fresh_id()
+    session_id = server.open_session(customer_id)
+    customer.auth(customer_id)
+    agent.auth(agent_id)
+    customer.join(session_id)
+    agent.join(session_id)
+    return Pair(session_id, customer, agent, customer_id)
+
+
 def split_pairs(open_session: Callable[[int], int], agent_id: int, by_node: dict[str, list[Client]]) -> list[Pair]:
     """Sessions whose customer and agent are on different nodes (alternating which side is where); joined."""
     first, second = list(by_node.values())[:2]

@@ -165,12 +165,13 @@ class RedisBackplane:
             self.counters["publish_failures"] += 1
             return False
         try:
-            self._seq += 1
-            self._queue.append(encode_envelope(self.node_id, self._seq, event))
+            payload = encode_envelope(self.node_id, self._seq + 1, event)
         except Exception:  # an event that cannot be encoded must not break the sender's reply
             log.exception("backplane: could not encode event")
             self.counters["publish_failures"] += 1
             return False
+        self._seq += 1
+        self._queue.append(payload)
         self._wake.set()
         return True
 
@@ -240,11 +241,11 @@ class RedisBackplane:
             full = self._presence_full or now >= next_full
             if full or registry.revision != seen_revision:
                 revision = registry.revision
+                self._presence_full = False  # a request made during the sync below is kept for the next turn
                 if self._sync_presence(full):
                     seen_revision = revision
                     if full:
                         next_full = now + refresh_every
-                        self._presence_full = False
                 else:
                     self._presence_full = True
             gevent.sleep(PRESENCE_CHECK)
