@@ -122,6 +122,8 @@ class RedisBackplane:
         self.node_id = ""
         self._queue: deque[bytes] = deque()
         self._wake = gevent.event.Event()
+        self._drained = gevent.event.Event()  # set while nothing is queued or in flight
+        self._drained.set()
         self._seq = 0
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
@@ -172,6 +174,7 @@ class RedisBackplane:
             return False
         self._seq += 1
         self._queue.append(payload)
+        self._drained.clear()
         self._wake.set()
         return True
 
@@ -179,9 +182,8 @@ class RedisBackplane:
         """Publish what is queued (briefly), withdraw this worker's presence, close the connections."""
         if self._stopping:
             return
-        deadline = time.monotonic() + min(2.0, self.timeout * 2)
-        while self._queue and self._publisher_up and time.monotonic() < deadline:
-            gevent.sleep(0.01)
+        if self._publisher_up:
+            self._drained.wait(min(2.0, self.timeout * 2))
         self._stopping = True
         self._wake.set()
         gevent.killall(self._greenlets, timeout=1.0)
@@ -312,6 +314,7 @@ class RedisBackplane:
                 self._publisher_up = True
                 backoff.reset()
             if not self._queue:
+                self._drained.set()
                 self._wake.clear()
                 self._wake.wait()
                 continue
@@ -325,6 +328,7 @@ class RedisBackplane:
                 # Never retried: Redis may have published part of the batch, and a retry would repeat it.
                 dropped = len(batch) + len(self._queue)
                 self._queue.clear()
+                self._drained.set()
                 self._publisher_up = False
                 self.counters["publish_failures"] += dropped
                 log.warning("backplane: Redis unavailable for publishing (%s); %d events not sent to other "
