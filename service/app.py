@@ -45,9 +45,16 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     storage = init_storage(app, settings)
     registry = Registry()
-    fanout = Fanout(registry, make_node_id(), backplane=None)
+    backplane = None
+    if settings.redis_url:
+        from .realtime.backplane import RedisBackplane  # noqa: PLC0415  (redis only when configured)
+
+        backplane = RedisBackplane(settings)
+    fanout = Fanout(registry, make_node_id(), backplane=backplane)
     writer = MessageWriter(storage, settings.writer_batch, settings.writer_concurrency)
     metrics = Metrics()
+    if backplane is not None:
+        backplane.metrics = metrics
     writer.observe = metrics.db_write
     fanout.on_delivered = metrics.delivered
     hub = ChatHub(settings, storage, make_authenticator(settings, storage), registry, fanout, writer, metrics)

@@ -96,6 +96,13 @@ def _redis_url(raw: str) -> str:
     return value
 
 
+def _redis_prefix(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
+        raise ValueError("1 to 64 letters, digits, or _ . : -")
+    return value
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/").lower() for o in raw.split(",") if o.strip())
 
@@ -135,6 +142,15 @@ class Settings:
         "DATABASE_URL", "sqlite:///var/chat.db", _database_url, "sqlite:///path (embedded) or mysql+pymysql://..."
     )
     redis_url: str = setting("REDIS_URL", "", _redis_url, "Redis for cross-worker fan-out; empty = single worker.")
+    redis_channel_prefix: str = setting(
+        "REDIS_CHANNEL_PREFIX", "chat", _redis_prefix, "Redis channel and key prefix; one per deployment."
+    )
+    redis_timeout: float = setting(
+        "REDIS_TIMEOUT", "1", _float(0.05, 30), "Seconds a Redis command may take before it counts as failed."
+    )
+    presence_ttl: float = setting(
+        "PRESENCE_TTL", "30", _float(1, 3600), "Seconds a crashed worker's presence entries outlive it."
+    )
     auth_mode: str = setting("AUTH_MODE", "trust", _choice("trust", "jwt"), "trust (legacy user_id) or jwt.")
     app_timezone: str = setting("APP_TIMEZONE", "Asia/Shanghai", _timezone, "Zone of created_at and reports.")
     max_message_length: int = setting(
@@ -203,6 +219,7 @@ class Settings:
             value = getattr(self, f.name)
             out[f.name] = "***" if f.name in secret and value else value
         out["database_url"] = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.database_url)
+        out["redis_url"] = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", self.redis_url)
         return out
 
 

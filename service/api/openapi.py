@@ -102,6 +102,13 @@ SPEC: dict[str, Any] = {
                 },
             },
         },
+        "/api/sessions/{session_id}/presence": {
+            "get": {
+                "summary": "Who is joined to the session now, on every worker and host",
+                "parameters": [SESSION_ID_PARAM],
+                "responses": {"200": {"description": "Presence", "content": _json("Presence")}, **ERRORS},
+            }
+        },
         "/api/sessions/{session_id}/close": {
             "post": {
                 "summary": "Close a session (its customer, an agent, or the backend)",
@@ -166,6 +173,23 @@ SPEC: dict[str, Any] = {
                 "type": "object",
                 "required": ["messages"],
                 "properties": {"messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}}},
+            },
+            "Presence": {
+                "type": "object",
+                "required": ["session_id", "connections", "users", "complete"],
+                "properties": {
+                    "session_id": {"type": "integer"},
+                    "connections": {"type": "integer"},
+                    "users": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["user_id", "connections"],
+                            "properties": {"user_id": {"type": "integer"}, "connections": {"type": "integer"}},
+                        },
+                    },
+                    "complete": {"type": "boolean"},
+                },
             },
             "OpenSession": {"type": "object", "properties": {"user_id": ID}},
             "PostMessage": {

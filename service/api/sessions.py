@@ -104,6 +104,14 @@ def list_messages(raw_id: str):
     return jsonify({"messages": [m.to_wire() for m in messages]})
 
 
+@bp.get("/sessions/<raw_id>/presence")
+def session_presence(raw_id: str):
+    """Who is joined to the session right now, across every worker and host (same access as the session)."""
+    identity = caller()
+    session = hub().authorize(identity, session_id_of(raw_id), need_open=False)
+    return jsonify(hub().presence(session.id))
+
+
 @bp.post("/sessions/<raw_id>/messages")
 def post_message(raw_id: str):
     """Store and broadcast like `send_message`; the trusted backend names the sender in `sender_id`."""

@@ -107,8 +107,8 @@ class Metrics:
         self.db_write_seconds.observe(seconds)
         self.db_write_rows.inc(rows)
 
-    def backplane_publish(self, ok: bool = True) -> None:
-        (self.backplane_published if ok else self.backplane_failures).inc()
+    def backplane_publish(self, ok: bool = True, count: int = 1) -> None:
+        (self.backplane_published if ok else self.backplane_failures).inc(count)
 
     def backplane_receive(self) -> None:
         self.backplane_received.inc()

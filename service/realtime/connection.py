@@ -108,6 +108,7 @@ class Connection(ConnectionState):
         """Greet, then answer frames until the client goes away or idles past HEARTBEAT_TIMEOUT."""
         hub = self.hub
         self._reader = gevent.getcurrent()
+        hub.fanout.start()  # idempotent; a worker that only receives must listen too
         hub.registry.add(self)
         if hub.metrics is not None:
             hub.metrics.connection_opened()

@@ -55,6 +55,10 @@ class Backplane(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
+    def presence(self, session_id: int) -> list[tuple[str, int]] | None:
+        """(connection id, user id) of the session's members on every process; None when unknown."""
+        ...
+
 
 class Fanout:
     def __init__(self, registry: Registry, node_id: str, backplane: Backplane | None = None) -> None:

@@ -170,6 +170,34 @@ class ChatHub:
         if event.kind == "session_closed":
             self.forget_session(event.session_id)
 
+    def presence(self, session_id: int) -> dict[str, Any]:
+        """Who is joined to the session on every worker and host: user ids with their connection counts.
+
+        This worker's members come from its registry (exact, now); other workers' from the backplane's
+        Redis mirror (refreshed within a fraction of a second). `complete` is false when Redis could not
+        be read and only this worker's members are counted.
+        """
+        local = [(conn.connection_id, conn.user_id) for conn in self.registry.members(session_id)]
+        members = {cid: uid for cid, uid in local if uid is not None}
+        complete = True
+        backplane = self.fanout.backplane
+        if backplane is not None:
+            remote = backplane.presence(session_id)
+            if remote is None:
+                complete = False
+            else:
+                own = self.node_id + "-"
+                members.update((cid, uid) for cid, uid in remote if not cid.startswith(own))
+        per_user: dict[int, int] = {}
+        for uid in members.values():
+            per_user[uid] = per_user.get(uid, 0) + 1
+        return {
+            "session_id": session_id,
+            "connections": len(members),
+            "users": [{"user_id": uid, "connections": n} for uid, n in sorted(per_user.items())],
+            "complete": complete,
+        }
+
     def shutdown(self, reason: str = "server shutting down", timeout: float | None = None) -> None:
         """Graceful stop, in order: take no new frames; let the handlers in flight store and publish; flush
         every connection's queue and close it with 1001 (going away), so clients reconnect elsewhere.

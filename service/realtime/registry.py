@@ -24,6 +24,7 @@ class Registry:
     def __init__(self) -> None:
         self._connections: dict[str, Member] = {}
         self._rooms: dict[int, set[Member]] = {}
+        self.revision = 0  # bumped on every join and leave: presence mirrors rooms when it changes
 
     def add(self, conn: Member) -> None:
         self._connections[conn.connection_id] = conn
@@ -40,6 +41,7 @@ class Registry:
         self.leave(conn)
         self._rooms.setdefault(session_id, set()).add(conn)
         conn.session_id = session_id
+        self.revision += 1
 
     def leave(self, conn: Member) -> int | None:
         """Take `conn` out of its room; returns the session it left, or None."""
@@ -52,6 +54,7 @@ class Registry:
             if not room:
                 del self._rooms[session_id]
         conn.session_id = None
+        self.revision += 1
         return session_id
 
     def get(self, connection_id: str) -> Member | None:
@@ -98,3 +101,7 @@ class Registry:
     def sessions_of_users(self) -> dict[int, list[int]]:
         """session id -> user ids joined here (presence)."""
         return {sid: sorted({c.user_id for c in room if c.user_id is not None}) for sid, room in self._rooms.items()}
+
+    def presence(self) -> dict[int, list[tuple[str, int | None]]]:
+        """session id -> (connection id, user id) of each member here (mirrored to Redis across workers)."""
+        return {sid: [(c.connection_id, c.user_id) for c in room] for sid, room in self._rooms.items()}

@@ -40,6 +40,7 @@ def install(worker: Any) -> None:
 
     reporter = StatsReporter(hub, hub.settings.state_dir)
     reporter.start()
+    hub.fanout.start()  # the backplane listens from boot, even in a worker that never publishes
 
     def watch() -> None:
         while worker.alive:
