@@ -337,8 +337,8 @@ class RedisBackplane:
                 self._drained.set()
                 self._publisher_up = False
                 self.counters["publish_failures"] += dropped
-            if self.metrics is not None:
-                self.metrics.backplane_publish(False, dropped)
+                if self.metrics is not None:
+                    self.metrics.backplane_publish(False, dropped)
                 log.warning("backplane: Redis unavailable for publishing (%s); %d events not sent to other "
                             "workers (they are stored and in the history)", exc, dropped)
                 continue
