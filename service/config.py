@@ -254,6 +254,17 @@ def settings_table() -> list[tuple[str, str, str]]:
     return [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in fields(Settings)]
 
 
+def _looks_like_public_pem(path: str) -> bool:
+    """A cheap look (no crypto import in the gunicorn master); the worker parses the key for real."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return False
+    return b"-----BEGIN PUBLIC KEY-----" in head or b"-----BEGIN RSA PUBLIC KEY-----" in head \
+        or b"-----BEGIN CERTIFICATE-----" in head
+
+
 def serving_problems(settings: Settings) -> list[str]:
     """Reasons the server must not start with these settings (checked before the port is bound)."""
     problems = []
@@ -264,8 +275,13 @@ def serving_problems(settings: Settings) -> list[str]:
         )
     if settings.auth_mode == "jwt" and not (settings.jwt_secret or settings.jwt_public_key):
         problems.append("AUTH_MODE=jwt needs JWT_SECRET (HS256) or JWT_PUBLIC_KEY (a PEM file for RS256/ES256).")
-    if settings.jwt_public_key and not os.access(settings.jwt_public_key, os.R_OK):
-        problems.append(f"JWT_PUBLIC_KEY={settings.jwt_public_key} is not a readable file.")
+    if settings.auth_mode == "jwt" and settings.jwt_secret and len(settings.jwt_secret.encode()) < 32:
+        problems.append("JWT_SECRET must be at least 32 bytes for HS256 (RFC 7518 3.2); e.g. `openssl rand -hex 32`.")
+    if settings.jwt_public_key:
+        if not os.access(settings.jwt_public_key, os.R_OK):
+            problems.append(f"JWT_PUBLIC_KEY={settings.jwt_public_key} is not a readable file.")
+        elif not _looks_like_public_pem(settings.jwt_public_key):
+            problems.append(f"JWT_PUBLIC_KEY={settings.jwt_public_key} is not a PEM public key or certificate.")
     if settings.websocket_ssl:
         for name, path in (("WEBSOCKET_SSL_CERT", settings.websocket_ssl_cert),
                            ("WEBSOCKET_SSL_KEY", settings.websocket_ssl_key)):

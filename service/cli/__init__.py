@@ -47,7 +47,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    from . import agent  # noqa: F401  (registers its commands)
+    from . import agent, token  # noqa: F401  (register their commands)
 
     try:
         cli(standalone_mode=True)
