@@ -190,6 +190,9 @@ class ChatWebSocket(WebSocket):
             return False
         if opcode == OP_PONG:
             return False
+        # The peer's close frame has arrived, valid or not: if ours now fails the connection (1002/1007),
+        # there is no further close frame to wait for, and the TCP connection is dropped at once.
+        self.close_code = 1005
         if not payload:
             code, reply = 1005, CLOSE_NORMAL
         else:
