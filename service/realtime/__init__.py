@@ -40,10 +40,13 @@ class HandshakePolicy:
             return 429, "Too Many Requests"
         return None
 
-    def opened(self, ip: str) -> None:
+    def open(self, environ: dict[str, Any]) -> str:
+        """Count a WebSocket from the moment it is accepted (before the 101); `release` it when it ends."""
+        ip = environ.get("REMOTE_ADDR", "")
         self._per_ip[ip] += 1
+        return ip
 
-    def closed(self, ip: str) -> None:
+    def release(self, ip: str) -> None:
         self._per_ip[ip] -= 1
         if self._per_ip[ip] <= 0:
             del self._per_ip[ip]
@@ -59,12 +62,7 @@ def init_realtime(app: Flask, hub: ChatHub) -> None:
         ws = request.environ.get("wsgi.websocket")
         if not isinstance(ws, ChatWebSocket):
             return Response(PLAIN_TEXT, mimetype="text/plain")
-        ip = request.environ.get("REMOTE_ADDR", "")
-        policy.opened(ip)
-        try:
-            Connection(hub, ws, ip).serve()
-        finally:
-            policy.closed(ip)
+        Connection(hub, ws, request.environ.get("REMOTE_ADDR", "")).serve()
         return Response("", status=200)
 
     def plain_view() -> Response:

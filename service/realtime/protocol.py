@@ -80,9 +80,17 @@ def decode(text: str | bytes, max_depth: int = 16) -> dict[str, Any]:
     return message
 
 
+FRAME_ALLOWANCE = 5  # frames of any type a connection may send, as a multiple of RATE_LIMIT / RATE_BURST
+
+
 @dataclass
 class TokenBucket:
     """`rate` tokens per second, at most `burst` saved up; rate 0 means unlimited."""
+
+    @classmethod
+    def for_frames(cls, rate: float, burst: int) -> TokenBucket:
+        """The flood guard: every frame (ping, garbage, unknown types) takes a token, FRAME_ALLOWANCE x looser."""
+        return cls(rate * FRAME_ALLOWANCE, burst * FRAME_ALLOWANCE)
 
     rate: float
     burst: int
@@ -113,6 +121,7 @@ class ConnectionState:
     session_id: int | None = None
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
     remote_addr: str = ""
+    frames: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
 
     @property
     def user_id(self) -> int | None:
@@ -125,6 +134,8 @@ class ConnectionState:
 def dispatch(ctx: ChatHub, conn: ConnectionState, raw: str | bytes) -> list[Reply]:
     """Run one client frame through the table; always returns the replies, never raises."""
     try:
+        if not conn.frames.take():
+            raise Refused(Problem.RATE_LIMITED)  # a flood of any frame is refused before it is even parsed
         message = decode(raw, ctx.settings.max_json_depth)
         func = handler_for(message.get("type"))
         if func is None:

@@ -292,15 +292,42 @@ class ChatHandler(WebSocketHandler):
     `refusal(environ)` answers an (HTTP status, reason) or None; `max_message_bytes`; `handshake_timeout`.
     """
 
+    _deadline: gevent.Timeout | None = None
+    _counted_ip: str | None = None
+
     def _policy(self) -> Any:
         return getattr(self.server.application, "chat_handshake", None)
 
     def handle(self) -> None:
-        """Bound the time to read a request (slowloris); a WebSocket sets its own idle timeout later."""
+        """Bound each read while a request is read (a WebSocket sets its own idle timeout later)."""
         policy = self._policy()
         if policy is not None and policy.handshake_timeout:
             self.socket.settimeout(policy.handshake_timeout)
         super().handle()
+
+    def handle_one_request(self) -> Any:
+        """Bound the whole request line and headers by HANDSHAKE_TIMEOUT, not each read (slowloris).
+
+        The deadline ends when the application starts; a client that dribbles its request, or keeps an idle
+        keep-alive connection, is dropped without a response when it expires.
+        """
+        policy = self._policy()
+        if policy is None or not policy.handshake_timeout:
+            return super().handle_one_request()
+        self._deadline = gevent.Timeout(policy.handshake_timeout, TimeoutError("handshake timeout"))
+        self._deadline.start()
+        try:
+            return super().handle_one_request()
+        except TimeoutError:
+            return None
+        finally:
+            self._deadline.close()
+            self._deadline = None
+
+    def run_application(self) -> None:
+        if self._deadline is not None:
+            self._deadline.close()
+        super().run_application()
 
     def get_environ(self) -> dict[str, Any]:
         environ = super().get_environ()
@@ -316,7 +343,9 @@ class ChatHandler(WebSocketHandler):
     def upgrade_connection(self) -> list[bytes] | None:
         policy = self._policy()
         refusal = policy.refusal(self.environ) if policy is not None else None
-        if refusal is not None:
+        if refusal is None and policy is not None:
+            self._counted_ip = policy.open(self.environ)  # counted from here, so concurrent handshakes count too
+        elif refusal is not None:
             status, reason = refusal
             body = reason.encode("utf-8")
             self.start_response(
@@ -326,6 +355,8 @@ class ChatHandler(WebSocketHandler):
             self.close_connection = True
             return [body]
         result = super().upgrade_connection()
+        if getattr(self, "websocket", None) is None:
+            self._release()
         websocket = getattr(self, "websocket", None)
         if websocket is not None and not isinstance(websocket, ChatWebSocket):
             websocket.closed = True  # never let the library's instance write a frame (its __del__ closes)
@@ -334,3 +365,15 @@ class ChatHandler(WebSocketHandler):
             self.websocket = chat
             self.environ["wsgi.websocket"] = chat
         return result
+
+    def run_websocket(self) -> None:
+        try:
+            super().run_websocket()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        policy, ip = self._policy(), self._counted_ip
+        if policy is not None and ip is not None:
+            self._counted_ip = None
+            policy.release(ip)
