@@ -40,7 +40,8 @@ def free_port() -> int:
 
 def base_env(**overrides: Any) -> dict[str, str]:
     """The environment for a server under test: isolated from the committed .env and the caller's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBSOCKET_", "DATABASE_", "REDIS_", "AUTH_", "JWT_"))}
+    ours = ("WEBSOCKET_", "DATABASE_", "REDIS_", "AUTH_", "JWT_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     env["CHAT_ENV_FILE"] = str(ROOT / "tests" / "no.env")
     env["PYTHONUNBUFFERED"] = "1"
     env.update({k: str(v) for k, v in overrides.items()})
