@@ -289,4 +289,21 @@ def serving_problems(settings: Settings) -> list[str]:
                 problems.append(f"WEBSOCKET_SSL=true needs {name} (a PEM file).")
             elif not os.access(path, os.R_OK):
                 problems.append(f"{name}={path} is not a readable file.")
+        if not problems and settings.websocket_ssl_cert and settings.websocket_ssl_key:
+            problem = _tls_problem(settings.websocket_ssl_cert, settings.websocket_ssl_key)
+            if problem:
+                problems.append(problem)
     return problems
+
+
+def _tls_problem(cert: str, key: str) -> str | None:
+    """Load the pair as the workers will; a bad pair would otherwise fail in every worker after the bind."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        return (f"WEBSOCKET_SSL_CERT={cert} and WEBSOCKET_SSL_KEY={key} are not a usable PEM certificate "
+                f"and key ({reason}).")
+    return None
