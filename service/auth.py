@@ -17,7 +17,7 @@ import jwt
 
 from .config import ConfigError
 from .errors import Problem, Refused
-from .storage import SessionRecord, Storage
+from .storage import SessionRecord, Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,14 @@ def parse_id(value: Any, missing: Problem, invalid: Problem) -> int:
     return number
 
 
+def agent_in_table(storage: Storage, user_id: int) -> bool:
+    """Whether the agents table lists `user_id`; a database outage is 服务暂时不可用, never an internal error."""
+    try:
+        return storage.is_agent(user_id)
+    except StorageError:
+        raise Refused(Problem.STORAGE_DOWN) from None
+
+
 def session_access(identity: Identity, session: SessionRecord | None, need_open: bool = True) -> None:
     """Raise Refused with the Problem that forbids `identity` this session (spec precedence); None = allowed."""
     if session is None:
@@ -89,7 +97,7 @@ class TrustAuthenticator:
 
     def websocket_identity(self, message: dict[str, Any]) -> Identity:
         user_id = parse_id(message.get("user_id"), Problem.MISSING_USER_ID, Problem.INVALID_USER_ID)
-        return Identity(user_id=user_id, is_agent=self.storage.is_agent(user_id))
+        return Identity(user_id=user_id, is_agent=agent_in_table(self.storage, user_id))
 
     def http_identity(self, headers: Any) -> Identity:
         """X-User-Id names the user; no header means the trusted legacy backend."""
@@ -97,7 +105,7 @@ class TrustAuthenticator:
         if raw is None:
             return BACKEND
         user_id = parse_id(raw.strip(), Problem.UNAUTHENTICATED, Problem.INVALID_USER_ID_HEADER)
-        return Identity(user_id=user_id, is_agent=self.storage.is_agent(user_id))
+        return Identity(user_id=user_id, is_agent=agent_in_table(self.storage, user_id))
 
 
 class JwtAuthenticator:
@@ -155,7 +163,7 @@ class JwtAuthenticator:
         return user_id, role == "agent" or (isinstance(role, list) and "agent" in role)
 
     def _identity(self, user_id: int, agent_claim: bool) -> Identity:
-        return Identity(user_id=user_id, is_agent=agent_claim or self.storage.is_agent(user_id))
+        return Identity(user_id=user_id, is_agent=agent_claim or agent_in_table(self.storage, user_id))
 
     def websocket_identity(self, message: dict[str, Any]) -> Identity:
         """`token` is required; a `user_id` beside it must name the token's subject."""
