@@ -53,8 +53,8 @@ def test_wss_round_trip_and_https_api(tls_server: Server) -> None:
     assert tls_server.ws_url.startswith("wss://")
     customer = fresh_id()
     session_id = tls_server.open_session(customer)
+    agent_id = tls_server.add_agent(fresh_id())  # before connecting: this server closes idle sockets after 2 s
     c = tls_server.client(customer)
-    agent_id = tls_server.add_agent(fresh_id())
     agent = tls_server.client(agent_id)
     c.join(session_id)
     agent.join(session_id)

@@ -243,21 +243,25 @@ class ChatWebSocket(WebSocket):
         return True
 
     def close(self, code: int = CLOSE_NORMAL, message: bytes | str = b"") -> None:
-        """Reader-side close: send our close frame, wait briefly for the peer's, then stop."""
+        """Reader-side close: send our close frame, end our side of TCP, let the peer answer, then stop.
+
+        The peer's answer is read as bytes and discarded, not parsed: after a protocol error (a bad header,
+        an oversize frame whose payload was never read) the stream is no longer at a frame boundary, and
+        trying to parse it could wait on a bogus length. Ending our side at once (FIN right after the close
+        frame) is what RFC 6455 7.1.1 prefers of a server.
+        """
         if self.closed:
             return
         reason = message.decode("utf-8", "replace") if isinstance(message, bytes | bytearray) else message
         self.send_close(code, reason or "")
+        self._finish()
         if self.close_code is None:
             with gevent.Timeout(1.0, False):
                 try:
-                    while self.close_code is None:
-                        _fin, opcode, payload = self._read_frame(self.max_message_bytes)
-                        if opcode == OP_CLOSE:
-                            self.close_code = 1005
-                except (OSError, ConnectionError, ValueError, FrameRefused):
+                    while self._socket.recv(65536):
+                        pass
+                except OSError:
                     pass
-        self._finish()
 
     def _finish(self) -> None:
         self.closed = True
