@@ -16,7 +16,7 @@ ORIGIN = "https://chat.example.com"
 @pytest.fixture(scope="module")
 def limited(server_factory) -> Server:
     return server_factory(RATE_LIMIT=2, RATE_BURST=5, HANDSHAKE_TIMEOUT=1, HEARTBEAT_TIMEOUT=2,
-                          ALLOWED_ORIGINS=f"{ORIGIN}, https://other.example.com/")
+                          ALLOWED_ORIGINS=f"{ORIGIN}, https://other.example.com/", WEBSOCKET_ECHO_PATH="/echo")
 
 
 def wait_until(check, timeout: float = 5.0) -> bool:
@@ -170,3 +170,29 @@ def test_idle_connection_closed_and_pinging_one_kept(limited: Server) -> None:
     assert busy.request({"type": "ping"}) == {"type": "pong"}
     busy.close()
     idle.close()
+
+
+def test_echo_endpoint_has_the_same_limits(limited: Server) -> None:
+    """The diagnostics echo path refuses foreign origins, closes oversize with 1009 and idles out like `/`."""
+    assert RawWebSocket(limited.port, "/echo", headers={"Origin": "https://evil.example.com"}).status == 403
+    big = RawWebSocket(limited.port, "/echo", headers={"Origin": ORIGIN})
+    idle = RawWebSocket(limited.port, "/echo", timeout=5)
+    try:
+        big.send(frame(OP_TEXT, b"", length=65537))
+        assert big.expect_close() == 1009
+        idle.send(frame(OP_TEXT, "回声".encode()))
+        assert idle.recv_data().payload == "回声".encode()
+        assert idle.expect_close() == 1000  # HEARTBEAT_TIMEOUT=2
+    finally:
+        big.close()
+        idle.close()
+
+
+def test_echo_endpoint_is_off_by_default_and_unknown_paths_never_upgrade(server_factory) -> None:
+    """Without WEBSOCKET_ECHO_PATH there is no /echo; a WebSocket handshake to any path but `/` gets 404."""
+    server = server_factory()
+    for path in ("/echo", "/api/sessions", "/nope"):
+        ws = RawWebSocket(server.port, path)
+        assert ws.status == 404, (path, ws.response)
+        ws.close()
+    assert server.http("GET", "/echo")[0] == 404

@@ -127,3 +127,18 @@ def test_unusable_certificate_refused_at_start_with_one_line(server_factory, tmp
     log = server.log()
     assert "chat: refusing to start: WEBSOCKET_SSL_CERT=" in log and "Traceback" not in log, log
     assert "exited" in str(failure.value)
+
+
+def test_client_that_never_starts_tls_is_dropped(server_factory, certificate) -> None:
+    """HANDSHAKE_TIMEOUT covers the TLS handshake too: a silent TCP client on the TLS port is dropped."""
+    import socket
+
+    server = server_factory(HANDSHAKE_TIMEOUT=1, **tls_settings(certificate))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as silent:
+        started = time.monotonic()
+        try:
+            assert silent.recv(1024) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - started < 3
+    assert server.http("GET", "/healthz")[0] == 200

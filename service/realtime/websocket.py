@@ -381,3 +381,28 @@ class ChatHandler(WebSocketHandler):
         if policy is not None and ip is not None:
             self._counted_ip = None
             policy.release(ip)
+
+
+def timed_tls_server(server_class: type, handshake_timeout: float) -> type:
+    """`server_class` with the TLS handshake bounded by HANDSHAKE_TIMEOUT.
+
+    gevent wraps each accepted socket in TLS before any handler runs, with no timeout: a client that opens
+    TCP and never sends a ClientHello would hold its socket and greenlet forever. A failed or timed-out
+    handshake closes the socket quietly (it is the client's problem, not a server error worth a traceback).
+    """
+
+    class TimedTLSServer(server_class):
+        def wrap_socket_and_handle(self, client_socket: socket.socket, address: Any) -> Any:
+            try:
+                with gevent.Timeout(handshake_timeout, TimeoutError("TLS handshake timeout")):
+                    tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
+            except (OSError, ValueError):  # ssl.SSLError and TimeoutError are OSErrors
+                client_socket.close()
+                return None
+            try:
+                return self.handle(tls_socket, address)
+            finally:
+                tls_socket.close()
+
+    TimedTLSServer.__name__ = f"TimedTLS{server_class.__name__}"
+    return TimedTLSServer

@@ -6,7 +6,7 @@ from typing import Any
 
 import gevent
 
-from .websocket import ChatHandler
+from .websocket import ChatHandler, timed_tls_server
 
 
 def install(worker: Any) -> None:
@@ -21,6 +21,8 @@ def install(worker: Any) -> None:
     hub = getattr(app, "extensions", {}).get("chat_hub")
     if hub is None:
         return
+    if worker.cfg.is_ssl and worker.server_class is not None:
+        worker.server_class = timed_tls_server(worker.server_class, hub.settings.handshake_timeout)
 
     def watch() -> None:
         while worker.alive:
