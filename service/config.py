@@ -153,11 +153,13 @@ class Settings:
     )
     max_json_depth: int = setting("MAX_JSON_DEPTH", "16", _int(2, 1000), "Deepest JSON nesting accepted.")
     rate_limit: float = setting(
-        "RATE_LIMIT", "20", _float(0, 1_000_000), "Messages per second per connection (0 = unlimited)."
+        "RATE_LIMIT", "20", _float(0, 1_000_000),
+        "send_message per second per connection (0 = unlimited); frames of any type get 5x this.",
     )
     rate_burst: int = setting("RATE_BURST", "40", _int(1, 1_000_000), "Messages a connection may send at once.")
     max_connections_per_ip: int = setting(
-        "MAX_CONNECTIONS_PER_IP", "0", _int(0, 1_000_000), "WebSockets per client IP and worker (0 = unlimited)."
+        "MAX_CONNECTIONS_PER_IP", "0", _int(0, 1_000_000),
+        "WebSockets per client IP and worker (0 = unlimited); more: HTTP 429.",
     )
     handshake_timeout: float = setting(
         "HANDSHAKE_TIMEOUT", "10", _float(0.1, 3600), "Seconds to finish the HTTP request / upgrade."

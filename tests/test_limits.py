@@ -107,6 +107,7 @@ def test_connections_per_ip_refused_at_handshake(server_factory) -> None:
     assert wait_until(lambda: RawWebSocket(server.port, "/").status == 101)
     for c in clients:
         c.close()
+    server.stop()
 
 
 def test_client_that_never_finishes_the_handshake_is_dropped(limited: Server) -> None:
@@ -196,3 +197,4 @@ def test_echo_endpoint_is_off_by_default_and_unknown_paths_never_upgrade(server_
         assert ws.status == 404, (path, ws.response)
         ws.close()
     assert server.http("GET", "/echo")[0] == 404
+    server.stop()

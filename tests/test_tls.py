@@ -142,3 +142,4 @@ def test_client_that_never_starts_tls_is_dropped(server_factory, certificate) ->
             pass
         assert time.monotonic() - started < 3
     assert server.http("GET", "/healthz")[0] == 200
+    server.stop()
