@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test check lint venv clean
+.PHONY: run test check lint venv clean autobahn
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ lint: venv
 	$(BIN)/ruff check .
 
 check: lint test
+
+# Autobahn|Testsuite fuzzingclient against the diagnostics echo endpoint (needs a Python 2.7 interpreter).
+autobahn: venv
+	$(BIN)/python scripts/autobahn.py
 
 clean:
 	rm -rf $(VENV) var

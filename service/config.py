@@ -169,11 +169,13 @@ class Settings:
     )
     max_json_depth: int = setting("MAX_JSON_DEPTH", "16", _int(2, 1000), "Deepest JSON nesting accepted.")
     rate_limit: float = setting(
-        "RATE_LIMIT", "20", _float(0, 1_000_000), "Messages per second per connection (0 = unlimited)."
+        "RATE_LIMIT", "20", _float(0, 1_000_000),
+        "send_message per second per connection (0 = unlimited); frames of any type get 5x this.",
     )
     rate_burst: int = setting("RATE_BURST", "40", _int(1, 1_000_000), "Messages a connection may send at once.")
     max_connections_per_ip: int = setting(
-        "MAX_CONNECTIONS_PER_IP", "0", _int(0, 1_000_000), "WebSockets per client IP and worker (0 = unlimited)."
+        "MAX_CONNECTIONS_PER_IP", "0", _int(0, 1_000_000),
+        "WebSockets per client IP and worker (0 = unlimited); more: HTTP 429.",
     )
     handshake_timeout: float = setting(
         "HANDSHAKE_TIMEOUT", "10", _float(0.1, 3600), "Seconds to finish the HTTP request / upgrade."
@@ -271,6 +273,17 @@ def settings_table() -> list[tuple[str, str, str]]:
     return [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in fields(Settings)]
 
 
+def _looks_like_public_pem(path: str) -> bool:
+    """A cheap look (no crypto import in the gunicorn master); the worker parses the key for real."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return False
+    return b"-----BEGIN PUBLIC KEY-----" in head or b"-----BEGIN RSA PUBLIC KEY-----" in head \
+        or b"-----BEGIN CERTIFICATE-----" in head
+
+
 def serving_problems(settings: Settings) -> list[str]:
     """Reasons the server must not start with these settings (checked before the port is bound)."""
     problems = []
@@ -281,8 +294,13 @@ def serving_problems(settings: Settings) -> list[str]:
         )
     if settings.auth_mode == "jwt" and not (settings.jwt_secret or settings.jwt_public_key):
         problems.append("AUTH_MODE=jwt needs JWT_SECRET (HS256) or JWT_PUBLIC_KEY (a PEM file for RS256/ES256).")
-    if settings.jwt_public_key and not os.access(settings.jwt_public_key, os.R_OK):
-        problems.append(f"JWT_PUBLIC_KEY={settings.jwt_public_key} is not a readable file.")
+    if settings.auth_mode == "jwt" and settings.jwt_secret and len(settings.jwt_secret.encode()) < 32:
+        problems.append("JWT_SECRET must be at least 32 bytes for HS256 (RFC 7518 3.2); e.g. `openssl rand -hex 32`.")
+    if settings.jwt_public_key:
+        if not os.access(settings.jwt_public_key, os.R_OK):
+            problems.append(f"JWT_PUBLIC_KEY={settings.jwt_public_key} is not a readable file.")
+        elif not _looks_like_public_pem(settings.jwt_public_key):
+            problems.append(f"JWT_PUBLIC_KEY={settings.jwt_public_key} is not a PEM public key or certificate.")
     if settings.websocket_ssl:
         for name, path in (("WEBSOCKET_SSL_CERT", settings.websocket_ssl_cert),
                            ("WEBSOCKET_SSL_KEY", settings.websocket_ssl_key)):
@@ -290,4 +308,21 @@ def serving_problems(settings: Settings) -> list[str]:
                 problems.append(f"WEBSOCKET_SSL=true needs {name} (a PEM file).")
             elif not os.access(path, os.R_OK):
                 problems.append(f"{name}={path} is not a readable file.")
+        if not problems and settings.websocket_ssl_cert and settings.websocket_ssl_key:
+            problem = _tls_problem(settings.websocket_ssl_cert, settings.websocket_ssl_key)
+            if problem:
+                problems.append(problem)
     return problems
+
+
+def _tls_problem(cert: str, key: str) -> str | None:
+    """Load the pair as the workers will; a bad pair would otherwise fail in every worker after the bind."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        return (f"WEBSOCKET_SSL_CERT={cert} and WEBSOCKET_SSL_KEY={key} are not a usable PEM certificate "
+                f"and key ({reason}).")
+    return None

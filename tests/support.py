@@ -94,7 +94,8 @@ class Server:
 
     def _ready(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                s = _insecure_tls().wrap_socket(raw) if self.env.get("WEBSOCKET_SSL") == "true" else raw
                 s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
                 return b" 200 " in s.recv(64)
         except OSError:

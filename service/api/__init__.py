@@ -8,6 +8,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..errors import Problem, Refused
+from ..storage import StorageError
 from .openapi import bp as openapi_bp
 from .sessions import bp as sessions_bp
 
@@ -38,6 +39,11 @@ def init_api(app: Flask) -> None:
             problem = Problem.BAD_FORMAT if (exc.code or 500) < 500 else Problem.INTERNAL
             return jsonify(problem.body()), exc.code or 500
         return jsonify(problem.body()), problem.status
+
+    @app.errorhandler(StorageError)
+    def storage_down(exc: StorageError):
+        log.warning("storage unavailable", extra={"path": request.path}, exc_info=True)
+        return jsonify(Problem.STORAGE_DOWN.body()), Problem.STORAGE_DOWN.status
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

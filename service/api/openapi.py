@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 
 bp = Blueprint("openapi", __name__)
 
@@ -16,7 +17,26 @@ def _error(description: str) -> dict[str, Any]:
     }
 
 
-ID = {"type": "integer", "minimum": 1, "maximum": 9223372036854775807}
+MAX_ID = 9223372036854775807
+# At least one character that Python's str.strip() keeps: blank content is "missing".
+NOT_BLANK = "[^\\t\\n\\v\\f\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+
+
+def _decimal_at_most(limit: int) -> str:
+    """A regex for the decimal strings (leading zeros allowed, empty = 0) of 0..limit."""
+    digits = str(limit)
+    options = [f"[0-9]{{0,{len(digits) - 1}}}"]
+    for i, d in enumerate(digits):
+        low = "1" if i == 0 else "0"
+        if int(d) > int(low):
+            options.append(f"{digits[:i]}[{low}-{int(d) - 1}][0-9]{{{len(digits) - i - 1}}}")
+    options.append(digits)
+    return "^0*(" + "|".join(options) + ")$"
+
+
+# Ids may come as strings of digits too (the WebSocket's rule); all zeros or empty means "not given".
+ID_TEXT = _decimal_at_most(MAX_ID)
 SESSION_ID_PARAM = {"name": "session_id", "in": "path", "required": True, "schema": ID}
 ERRORS = {
     "400": _error("Bad input"),
@@ -61,7 +81,8 @@ SPEC: dict[str, Any] = {
                         "schema": {"type": "string", "enum": ["active", "closed", "all"]},
                     },
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                    {"name": "before_id", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "before_id", "in": "query",
+                     "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
                 ],
                 "responses": {
                     "200": {"description": "Sessions", "content": _json("SessionList")},
@@ -81,7 +102,7 @@ SPEC: dict[str, Any] = {
                 "summary": "Messages oldest first, after a cursor",
                 "parameters": [
                     SESSION_ID_PARAM,
-                    {"name": "after_id", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "after_id", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                 ],
                 "responses": {"200": {"description": "Messages", "content": _json("MessageList")}, **ERRORS},
@@ -191,12 +212,23 @@ SPEC: dict[str, Any] = {
                     "complete": {"type": "boolean"},
                 },
             },
-            "OpenSession": {"type": "object", "properties": {"user_id": ID}},
+            "OpenSession": {
+                "type": "object",
+                "properties": {
+                    "user_id": {
+                        "anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_ID},
+                                  {"type": "number", "enum": [0]}, {"type": "string", "pattern": ID_TEXT}],
+                        "nullable": True,
+                        "description": "The customer; absent, null or 0 means the caller (required for the backend)",
+                    }
+                },
+            },
             "PostMessage": {
                 "type": "object",
                 "required": ["content"],
                 "properties": {
-                    "content": {"type": "string", "minLength": 1},
+                    "content": {"type": "string", "minLength": 1, "maxLength": 5000, "pattern": NOT_BLANK,
+                                "description": "Not blank; at most MAX_MESSAGE_LENGTH characters"},
                     "sender_id": ID,
                     "client_msg_id": {"type": "string", "minLength": 1, "maxLength": 64},
                 },
@@ -208,4 +240,8 @@ SPEC: dict[str, Any] = {
 
 @bp.get("/openapi.json")
 def openapi():
-    return jsonify(SPEC)
+    """The document, with the limits this server is configured with."""
+    spec = copy.deepcopy(SPEC)
+    content = spec["components"]["schemas"]["PostMessage"]["properties"]["content"]
+    content["maxLength"] = current_app.extensions["chat_hub"].settings.max_message_length
+    return jsonify(spec)

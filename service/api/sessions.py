@@ -37,7 +37,7 @@ def json_body() -> dict[str, Any]:
 
 def int_arg(name: str, default: int, lo: int, hi: int) -> int:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not lo <= int(raw) <= hi:
         raise Refused(Problem.INVALID_PARAMETER)

@@ -47,7 +47,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    from . import agent, server  # noqa: F401  (register their commands)
+    from . import agent, server, token  # noqa: F401  (register their commands)
 
     try:
         cli(standalone_mode=True)

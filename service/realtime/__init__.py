@@ -27,9 +27,12 @@ class HandshakePolicy:
         self.max_per_ip = settings.max_connections_per_ip
         self.max_message_bytes = settings.max_frame_bytes
         self.handshake_timeout = settings.handshake_timeout
+        self.paths = {"/"} | ({settings.websocket_echo_path} if settings.websocket_echo_path else set())
         self._per_ip: Counter[str] = Counter()
 
     def refusal(self, environ: dict[str, Any]) -> tuple[int, str] | None:
+        if environ.get("PATH_INFO", "") not in self.paths:
+            return 404, "Not Found"  # no 101 for paths that serve no WebSocket
         origin = environ.get("HTTP_ORIGIN")
         if self.allowed_origins and origin is not None and origin.rstrip("/").lower() not in self.allowed_origins:
             log.info("origin refused", extra={"origin": origin})
@@ -40,10 +43,13 @@ class HandshakePolicy:
             return 429, "Too Many Requests"
         return None
 
-    def opened(self, ip: str) -> None:
+    def open(self, environ: dict[str, Any]) -> str:
+        """Count a WebSocket from the moment it is accepted (before the 101); `release` it when it ends."""
+        ip = environ.get("REMOTE_ADDR", "")
         self._per_ip[ip] += 1
+        return ip
 
-    def closed(self, ip: str) -> None:
+    def release(self, ip: str) -> None:
         self._per_ip[ip] -= 1
         if self._per_ip[ip] <= 0:
             del self._per_ip[ip]
@@ -59,12 +65,7 @@ def init_realtime(app: Flask, hub: ChatHub) -> None:
         ws = request.environ.get("wsgi.websocket")
         if not isinstance(ws, ChatWebSocket):
             return Response(PLAIN_TEXT, mimetype="text/plain")
-        ip = request.environ.get("REMOTE_ADDR", "")
-        policy.opened(ip)
-        try:
-            Connection(hub, ws, ip).serve()
-        finally:
-            policy.closed(ip)
+        Connection(hub, ws, request.environ.get("REMOTE_ADDR", "")).serve()
         return Response("", status=200)
 
     def plain_view() -> Response:

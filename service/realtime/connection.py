@@ -30,6 +30,7 @@ class Connection(ConnectionState):
             connection_id=hub.new_connection_id(),
             bucket=TokenBucket(settings.rate_limit, settings.rate_burst),
             remote_addr=remote_addr,
+            frames=TokenBucket.for_frames(settings.rate_limit, settings.rate_burst),
         )
         self.hub = hub
         self.ws = ws

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Problem, Refused
+from ..storage import StorageError
 
 if TYPE_CHECKING:
     from ..auth import Identity
@@ -80,9 +81,17 @@ def decode(text: str | bytes, max_depth: int = 16) -> dict[str, Any]:
     return message
 
 
+FRAME_ALLOWANCE = 5  # frames of any type a connection may send, as a multiple of RATE_LIMIT / RATE_BURST
+
+
 @dataclass
 class TokenBucket:
     """`rate` tokens per second, at most `burst` saved up; rate 0 means unlimited."""
+
+    @classmethod
+    def for_frames(cls, rate: float, burst: int) -> TokenBucket:
+        """The flood guard: every frame (ping, garbage, unknown types) takes a token, FRAME_ALLOWANCE x looser."""
+        return cls(rate * FRAME_ALLOWANCE, burst * FRAME_ALLOWANCE)
 
     rate: float
     burst: int
@@ -113,6 +122,7 @@ class ConnectionState:
     session_id: int | None = None
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
     remote_addr: str = ""
+    frames: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
 
     @property
     def user_id(self) -> int | None:
@@ -125,6 +135,8 @@ class ConnectionState:
 def dispatch(ctx: ChatHub, conn: ConnectionState, raw: str | bytes) -> list[Reply]:
     """Run one client frame through the table; always returns the replies, never raises."""
     try:
+        if not conn.frames.take():
+            raise Refused(Problem.RATE_LIMITED)  # a flood of any frame is refused before it is even parsed
         message = decode(raw, ctx.settings.max_json_depth)
         func = handler_for(message.get("type"))
         if func is None:
@@ -133,6 +145,11 @@ def dispatch(ctx: ChatHub, conn: ConnectionState, raw: str | bytes) -> list[Repl
     except Refused as refused:
         ctx.observe_error(refused.problem)
         return [refused.problem.frame()]
+    except StorageError:
+        log.warning("storage unavailable", extra={"connection_id": conn.connection_id, "user_id": conn.user_id},
+                    exc_info=True)
+        ctx.observe_error(Problem.STORAGE_DOWN)
+        return [Problem.STORAGE_DOWN.frame()]
     except Exception:
         log.exception("handler failed", extra={"connection_id": conn.connection_id, "user_id": conn.user_id})
         ctx.observe_error(Problem.INTERNAL)

@@ -190,6 +190,9 @@ class ChatWebSocket(WebSocket):
             return False
         if opcode == OP_PONG:
             return False
+        # The peer's close frame has arrived, valid or not: if ours now fails the connection (1002/1007),
+        # there is no further close frame to wait for, and the TCP connection is dropped at once.
+        self.close_code = 1005
         if not payload:
             code, reply = 1005, CLOSE_NORMAL
         else:
@@ -240,21 +243,25 @@ class ChatWebSocket(WebSocket):
         return True
 
     def close(self, code: int = CLOSE_NORMAL, message: bytes | str = b"") -> None:
-        """Reader-side close: send our close frame, wait briefly for the peer's, then stop."""
+        """Reader-side close: send our close frame, end our side of TCP, let the peer answer, then stop.
+
+        The peer's answer is read as bytes and discarded, not parsed: after a protocol error (a bad header,
+        an oversize frame whose payload was never read) the stream is no longer at a frame boundary, and
+        trying to parse it could wait on a bogus length. Ending our side at once (FIN right after the close
+        frame) is what RFC 6455 7.1.1 prefers of a server.
+        """
         if self.closed:
             return
         reason = message.decode("utf-8", "replace") if isinstance(message, bytes | bytearray) else message
         self.send_close(code, reason or "")
+        self._finish()
         if self.close_code is None:
             with gevent.Timeout(1.0, False):
                 try:
-                    while self.close_code is None:
-                        _fin, opcode, payload = self._read_frame(self.max_message_bytes)
-                        if opcode == OP_CLOSE:
-                            self.close_code = 1005
-                except (OSError, ConnectionError, ValueError, FrameRefused):
+                    while self._socket.recv(65536):
+                        pass
+                except OSError:
                     pass
-        self._finish()
 
     def _finish(self) -> None:
         self.closed = True
@@ -289,15 +296,42 @@ class ChatHandler(WebSocketHandler):
     `refusal(environ)` answers an (HTTP status, reason) or None; `max_message_bytes`; `handshake_timeout`.
     """
 
+    _deadline: gevent.Timeout | None = None
+    _counted_ip: str | None = None
+
     def _policy(self) -> Any:
         return getattr(self.server.application, "chat_handshake", None)
 
     def handle(self) -> None:
-        """Bound the time to read a request (slowloris); a WebSocket sets its own idle timeout later."""
+        """Bound each read while a request is read (a WebSocket sets its own idle timeout later)."""
         policy = self._policy()
         if policy is not None and policy.handshake_timeout:
             self.socket.settimeout(policy.handshake_timeout)
         super().handle()
+
+    def handle_one_request(self) -> Any:
+        """Bound the whole request line and headers by HANDSHAKE_TIMEOUT, not each read (slowloris).
+
+        The deadline ends when the application starts; a client that dribbles its request, or keeps an idle
+        keep-alive connection, is dropped without a response when it expires.
+        """
+        policy = self._policy()
+        if policy is None or not policy.handshake_timeout:
+            return super().handle_one_request()
+        self._deadline = gevent.Timeout(policy.handshake_timeout, TimeoutError("handshake timeout"))
+        self._deadline.start()
+        try:
+            return super().handle_one_request()
+        except TimeoutError:
+            return None
+        finally:
+            self._deadline.close()
+            self._deadline = None
+
+    def run_application(self) -> None:
+        if self._deadline is not None:
+            self._deadline.close()
+        super().run_application()
 
     def get_environ(self) -> dict[str, Any]:
         environ = super().get_environ()
@@ -313,7 +347,9 @@ class ChatHandler(WebSocketHandler):
     def upgrade_connection(self) -> list[bytes] | None:
         policy = self._policy()
         refusal = policy.refusal(self.environ) if policy is not None else None
-        if refusal is not None:
+        if refusal is None and policy is not None:
+            self._counted_ip = policy.open(self.environ)  # counted from here, so concurrent handshakes count too
+        elif refusal is not None:
             status, reason = refusal
             body = reason.encode("utf-8")
             self.start_response(
@@ -323,6 +359,8 @@ class ChatHandler(WebSocketHandler):
             self.close_connection = True
             return [body]
         result = super().upgrade_connection()
+        if getattr(self, "websocket", None) is None:
+            self._release()
         websocket = getattr(self, "websocket", None)
         if websocket is not None and not isinstance(websocket, ChatWebSocket):
             websocket.closed = True  # never let the library's instance write a frame (its __del__ closes)
@@ -331,3 +369,40 @@ class ChatHandler(WebSocketHandler):
             self.websocket = chat
             self.environ["wsgi.websocket"] = chat
         return result
+
+    def run_websocket(self) -> None:
+        try:
+            super().run_websocket()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        policy, ip = self._policy(), self._counted_ip
+        if policy is not None and ip is not None:
+            self._counted_ip = None
+            policy.release(ip)
+
+
+def timed_tls_server(server_class: type, handshake_timeout: float) -> type:
+    """`server_class` with the TLS handshake bounded by HANDSHAKE_TIMEOUT.
+
+    gevent wraps each accepted socket in TLS before any handler runs, with no timeout: a client that opens
+    TCP and never sends a ClientHello would hold its socket and greenlet forever. A failed or timed-out
+    handshake closes the socket quietly (it is the client's problem, not a server error worth a traceback).
+    """
+
+    class TimedTLSServer(server_class):
+        def wrap_socket_and_handle(self, client_socket: socket.socket, address: Any) -> Any:
+            try:
+                with gevent.Timeout(handshake_timeout, TimeoutError("TLS handshake timeout")):
+                    tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
+            except (OSError, ValueError):  # ssl.SSLError and TimeoutError are OSErrors
+                client_socket.close()
+                return None
+            try:
+                return self.handle(tls_socket, address)
+            finally:
+                tls_socket.close()
+
+    TimedTLSServer.__name__ = f"TimedTLS{server_class.__name__}"
+    return TimedTLSServer

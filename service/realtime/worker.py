@@ -8,7 +8,7 @@ from typing import Any
 import gevent
 from gunicorn.workers.ggevent import PyWSGIHandler
 
-from .websocket import ChatHandler
+from .websocket import ChatHandler, timed_tls_server
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ def install(worker: Any) -> None:
     hub = getattr(app, "extensions", {}).get("chat_hub")
     if hub is None:
         return
+    if worker.cfg.is_ssl and worker.server_class is not None:
+        worker.server_class = timed_tls_server(worker.server_class, hub.settings.handshake_timeout)
 
     from ..ops.stats import StatsReporter
 
