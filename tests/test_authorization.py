@@ -20,7 +20,7 @@ CALLERS = ["own", "foreign", "agent", "backend"]
 # Every route and message type must appear here: a new one without a row fails test_matrix_covers_everything.
 HTTP_ENDPOINTS = ["POST /api/sessions", "GET /api/sessions", "GET /api/sessions/<raw_id>",
                   "GET /api/sessions/<raw_id>/messages", "POST /api/sessions/<raw_id>/messages",
-                  "POST /api/sessions/<raw_id>/close"]
+                  "POST /api/sessions/<raw_id>/close", "GET /api/sessions/<raw_id>/presence"]
 SESSION_MESSAGES = ["join_session", "send_message"]
 SESSIONLESS_MESSAGES = ["auth", "ping", "leave_session"]  # act on the caller's own connection only
 
@@ -109,7 +109,7 @@ def test_list_sessions_shows_only_what_the_caller_may_see(realm: Realm, caller: 
 
 @pytest.mark.parametrize("closed", [False, True], ids=["open", "closed"])
 @pytest.mark.parametrize("caller", CALLERS)
-@pytest.mark.parametrize("endpoint", ["get", "messages", "post", "close"])
+@pytest.mark.parametrize("endpoint", ["get", "messages", "presence", "post", "close"])
 def test_session_endpoints(realm: Realm, caller: str, endpoint: str, closed: bool) -> None:
     """Each /api/sessions/{id} endpoint, on an open and on a closed session: 403 for a stranger, whatever state."""
     session_id = realm.new_session()
@@ -121,6 +121,9 @@ def test_session_endpoints(realm: Realm, caller: str, endpoint: str, closed: boo
         ok = (200,)
     elif endpoint == "messages":
         status, body = realm.http(caller, "GET", path + "/messages")
+        ok = (200,)
+    elif endpoint == "presence":
+        status, body = realm.http(caller, "GET", path + "/presence")
         ok = (200,)
     elif endpoint == "post":
         payload = {"content": "hi"} | ({"sender_id": realm.agent} if caller == "backend" else {})
