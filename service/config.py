@@ -274,3 +274,16 @@ def serving_problems(settings: Settings) -> list[str]:
             elif not os.access(path, os.R_OK):
                 problems.append(f"{name}={path} is not a readable file.")
     return problems
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every setting with its default and meaning (regenerate when adding one)."""
+    lines = [
+        "# Every setting of the chat service, with its default. Copy to .env and change what you need;",
+        "# variables set in the environment win over .env. Generated from service/config.py:",
+        '#   python -c "from service.config import env_example; print(env_example(), end=\'\')" > .env.example',
+        "",
+    ]
+    for name, default, doc in settings_table():
+        lines += [f"# {doc}", f"{name}={default}", ""]
+    return "\n".join(lines)
