@@ -118,7 +118,7 @@ def post_message(raw_id: str):
     session_id = session_id_of(raw_id)
     content = message_content(raw_content, hub().settings.max_message_length)
     client_msg_id = client_message_id(body.get("client_msg_id"))
-    session = hub().authorize(identity, session_id)
+    session = hub().authorize_to_post(identity, session_id)
     message, duplicate = hub().post_message(identity, session, content, None, client_msg_id)
     payload = message.to_wire()
     if duplicate:
