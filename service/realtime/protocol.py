@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Problem, Refused
+from ..storage.queries import StorageError
 
 if TYPE_CHECKING:
     from ..auth import Identity
@@ -133,6 +134,10 @@ def dispatch(ctx: ChatHub, conn: ConnectionState, raw: str | bytes) -> list[Repl
     except Refused as refused:
         ctx.observe_error(refused.problem)
         return [refused.problem.frame()]
+    except StorageError:
+        # The database is down (already logged by Storage): an answer, not a crash.
+        ctx.observe_error(Problem.STORAGE_DOWN)
+        return [Problem.STORAGE_DOWN.frame()]
     except Exception:
         log.exception("handler failed", extra={"connection_id": conn.connection_id, "user_id": conn.user_id})
         ctx.observe_error(Problem.INTERNAL)
