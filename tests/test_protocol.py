@@ -178,12 +178,11 @@ def test_join_while_in_another_session_moves_silently(chat_server: Server, clien
     assert agent.request({"type": "leave_session"}) == {"type": "left_session", "session_id": second}
 
 
-def test_agent_may_join_any_session_and_the_first_is_assigned(chat_server: Server, clients, agent_id: int) -> None:
-    """An agent joins any customer's session; the first agent to join becomes its agent_id."""
+def test_agent_may_join_any_session_and_is_assigned(chat_server: Server, clients, agent_id: int) -> None:
+    """An agent joins any customer's session, and joining assigns it as the session's agent_id."""
     session_id = chat_server.open_session(fresh_id())
+    assert chat_server.http("GET", f"/api/sessions/{session_id}")[1]["agent_id"] is None
     clients(agent_id).join(session_id)
-    other_agent = chat_server.add_agent(fresh_id())
-    clients(other_agent).join(session_id)
     status, body = chat_server.http("GET", f"/api/sessions/{session_id}")
     assert status == 200 and body["agent_id"] == agent_id
 
