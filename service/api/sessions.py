@@ -29,7 +29,8 @@ def caller() -> Identity:
 
 
 def json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    # force: `curl -d '{...}'` and many backends send JSON without an application/json Content-Type.
+    body = request.get_json(force=True, silent=True)
     if not isinstance(body, dict):
         raise Refused(Problem.BAD_FORMAT)
     return body
@@ -59,7 +60,7 @@ def storage_call(func, *args, **kwargs):
 def open_session():
     """The customer's open session (200), or a new one (201)."""
     identity = caller()
-    body = request.get_json(silent=True)
+    body = request.get_json(force=True, silent=True)
     if body is None and not request.get_data():
         body = {}
     if not isinstance(body, dict):
