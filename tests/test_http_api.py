@@ -337,6 +337,15 @@ def test_bad_json_body_is_a_json_400(chat_server: Server) -> None:
     assert chat_server.http("POST", "/api/sessions", raw=b"{oops") == error(400, "消息格式错误", "bad_format")
 
 
+def test_json_body_without_json_content_type_is_accepted(chat_server: Server) -> None:
+    """A JSON body sent without Content-Type: application/json (curl -d) is read as JSON."""
+    customer = fresh_id()
+    request = urllib.request.Request(chat_server.http_url + "/api/sessions", method="POST",
+                                     data=json.dumps({"user_id": customer}).encode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201 and json.loads(response.read())["user_id"] == customer
+
+
 def test_plain_get_on_root_is_text(chat_server: Server) -> None:
     """GET / without an upgrade answers a short text (never a 500 or a 400)."""
     with socket.create_connection(("127.0.0.1", chat_server.port), timeout=5) as s:

@@ -83,6 +83,16 @@ def test_connected_frame_raw_text(chat_server: Server) -> None:
         ws.close()
 
 
+@pytest.mark.parametrize("path", ["ws", "chat/", "api/sessions"])
+def test_websocket_on_another_path_is_refused_before_the_upgrade(chat_server: Server, path: str) -> None:
+    """Only path / speaks the protocol: elsewhere the handshake is answered 404, not a 101 and a silent close."""
+    import websocket
+
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(chat_server.ws_url + path, timeout=10)
+    assert refused.value.status_code == 404
+
+
 # -- auth ---------------------------------------------------------------------------------------------------
 
 
