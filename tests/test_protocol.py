@@ -307,6 +307,22 @@ def test_everyone_in_the_room_gets_each_message_once(chat_server: Server, client
     assert outsider.barrier() == [] and unjoined_tab.barrier() == []
 
 
+def test_one_senders_messages_arrive_in_order(chat_server: Server, clients, agent_id: int) -> None:
+    """Thirty messages sent back to back reach the sender and a room member once each, in the order sent."""
+    customer = fresh_id()
+    session_id = chat_server.open_session(customer)
+    sender, agent = clients(customer), clients(agent_id)
+    agent.join(session_id)
+    sent = [f"#{n}" for n in range(30)]
+    for content in sent:
+        sender.say(session_id, content)
+    for client in (sender, agent):
+        assert [client.recv_type("new_message")["message"]["content"] for _ in sent] == sent
+        assert client.barrier() == []
+    stored = chat_server.http("GET", f"/api/sessions/{session_id}/messages")[1]["messages"]
+    assert [m["content"] for m in stored] == sent
+
+
 def test_left_connection_gets_no_more_messages(chat_server: Server, clients) -> None:
     """After leave_session nothing of the session arrives."""
     customer = fresh_id()
