@@ -326,3 +326,16 @@ def _tls_problem(cert: str, key: str) -> str | None:
         return (f"WEBSOCKET_SSL_CERT={cert} and WEBSOCKET_SSL_KEY={key} are not a usable PEM certificate "
                 f"and key ({reason}).")
     return None
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every setting with its default and meaning (regenerate when adding one)."""
+    lines = [
+        "# Every setting of the chat service, with its default. Copy to .env and change what you need;",
+        "# variables set in the environment win over .env. Generated from service/config.py:",
+        '#   python -c "from service.config import env_example; print(env_example(), end=\'\')" > .env.example',
+        "",
+    ]
+    for name, default, doc in settings_table():
+        lines += [f"# {doc}", f"{name}={default}", ""]
+    return "\n".join(lines)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -91,6 +94,10 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
         return server.start() if wait else server
 
     yield start
+    for server in started:  # signal all first, so they shut down in parallel rather than one after another
+        if server.proc is not None and server.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.proc.pid, signal.SIGTERM)
     for server in started:
         server.stop()
 

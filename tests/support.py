@@ -20,6 +20,8 @@ from typing import Any
 
 import websocket
 
+from service.config import settings_table
+
 ROOT = Path(__file__).resolve().parent.parent
 MARIADB_URL_BASE = os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root:@127.0.0.1:3306")
 REDIS_TEST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -41,8 +43,8 @@ def free_port() -> int:
 
 def base_env(**overrides: Any) -> dict[str, str]:
     """The environment for a server under test: isolated from the committed .env and the caller's."""
-    isolated = ("WEBSOCKET_", "DATABASE_", "REDIS_", "AUTH_", "JWT_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(isolated)}
+    ours = {name for name, _default, _doc in settings_table()}
+    env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith(("WEBSOCKET_", "JWT_"))}
     env["CHAT_ENV_FILE"] = str(ROOT / "tests" / "no.env")
     env["PYTHONUNBUFFERED"] = "1"
     # Each server its own pid file and state dir: a second server on the same pid file refuses to start.

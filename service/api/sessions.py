@@ -29,7 +29,8 @@ def caller() -> Identity:
 
 
 def json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    # force: `curl -d '{...}'` and many backends send JSON without an application/json Content-Type.
+    body = request.get_json(force=True, silent=True)
     if not isinstance(body, dict):
         raise Refused(Problem.BAD_FORMAT)
     return body
@@ -59,7 +60,7 @@ def storage_call(func, *args, **kwargs):
 def open_session():
     """The customer's open session (200), or a new one (201)."""
     identity = caller()
-    body = request.get_json(silent=True)
+    body = request.get_json(force=True, silent=True)
     if body is None and not request.get_data():
         body = {}
     if not isinstance(body, dict):
@@ -126,7 +127,7 @@ def post_message(raw_id: str):
     session_id = session_id_of(raw_id)
     content = message_content(raw_content, hub().settings.max_message_length)
     client_msg_id = client_message_id(body.get("client_msg_id"))
-    session = hub().authorize(identity, session_id)
+    session = hub().authorize_to_post(identity, session_id)
     message, duplicate = hub().post_message(identity, session, content, None, client_msg_id)
     payload = message.to_wire()
     if duplicate:

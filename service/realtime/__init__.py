@@ -27,12 +27,13 @@ class HandshakePolicy:
         self.max_per_ip = settings.max_connections_per_ip
         self.max_message_bytes = settings.max_frame_bytes
         self.handshake_timeout = settings.handshake_timeout
-        self.paths = {"/"} | ({settings.websocket_echo_path} if settings.websocket_echo_path else set())
+        self.paths = {"/", settings.websocket_echo_path} - {""}
         self._per_ip: Counter[str] = Counter()
 
     def refusal(self, environ: dict[str, Any]) -> tuple[int, str] | None:
-        if environ.get("PATH_INFO", "") not in self.paths:
-            return 404, "Not Found"  # no 101 for paths that serve no WebSocket
+        if environ.get("PATH_INFO", "/") not in self.paths:
+            # Otherwise the 101 is sent and the app's 404 closes the socket at once, with nothing said.
+            return 404, "Not Found"
         origin = environ.get("HTTP_ORIGIN")
         if self.allowed_origins and origin is not None and origin.rstrip("/").lower() not in self.allowed_origins:
             log.info("origin refused", extra={"origin": origin})

@@ -87,7 +87,7 @@ def send_message(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -
     content = message_content(raw_content, ctx.settings.max_message_length)
     client_msg_id = client_message_id(message.get("client_msg_id"))
     take_token(conn)
-    session = ctx.authorize(identity, session_id)
+    session = ctx.authorize_to_post(identity, session_id)
     stored, duplicate = ctx.post_message(identity, session, content, conn.connection_id, client_msg_id)
     if duplicate:
         # Only the sender hears of a repeat, with the original message.

@@ -97,6 +97,15 @@ class ChatHub:
         assert session is not None
         return session
 
+    def authorize_to_post(self, identity: Identity, session_id: int) -> SessionRecord:
+        """`authorize` for a message: a database that cannot be read cannot store it either (spec: 消息发送失败)."""
+        try:
+            return self.authorize(identity, session_id)
+        except Refused as refused:
+            if refused.problem is Problem.STORAGE_DOWN:
+                raise Refused(Problem.SEND_FAILED) from None
+            raise
+
     def claim_for_agent(self, identity: Identity, session: SessionRecord) -> None:
         """The first agent to join or answer a session becomes its agent."""
         if identity.is_agent and not identity.backend and session.agent_id is None:

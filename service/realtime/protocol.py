@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Problem, Refused
-from ..storage import StorageError
+from ..storage.queries import StorageError
 
 if TYPE_CHECKING:
     from ..auth import Identity

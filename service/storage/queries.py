@@ -14,7 +14,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from gevent.lock import BoundedSemaphore
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .models import agents_table, messages_table, sessions_table
@@ -88,8 +88,9 @@ class Storage:
                 raise StorageError(str(exc.__class__.__name__)) from exc
 
     def ping(self) -> None:
+        """Read one of the service's tables: a reachable server without our schema is not ready either."""
         with self.connect() as conn:
-            conn.execute(text("SELECT 1"))
+            conn.execute(select(sessions_table.c.id).limit(1)).first()
 
     # -- agents -----------------------------------------------------------------------------------
 
