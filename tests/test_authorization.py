@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from jwtkit import JWT_SETTINGS, hs256
-from support import Client, Server, fresh_id
 
 from service.realtime.protocol import _HANDLERS
+from support import Client, Server, fresh_id
 
 FORBIDDEN_BODY = {"error": "无权访问该会话", "code": "forbidden"}
 FORBIDDEN_FRAME = {"type": "error", **FORBIDDEN_BODY}

@@ -12,8 +12,9 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from support import ROOT, Client, Server, base_env, free_port, fresh_id
 from traffic import Pair, clients_per_node, exchange, make_pair, node_of, split_pairs, stop_all, wait_for_presence
+
+from support import ROOT, Client, Server, base_env, free_port, fresh_id
 
 PAIRS = 12  # sessions, each with its customer and its agent on different processes
 PER_SENDER = 25  # messages each of the 2 * PAIRS connections sends, all at once

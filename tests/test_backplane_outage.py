@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import websocket
-from support import IN_CI, Client, Server, free_port, fresh_id
 from traffic import clients_per_node, exchange, make_pair, node_of, wait_for_presence
+
+from support import IN_CI, Client, Server, free_port, fresh_id
 
 
 class RedisProcess:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from support import ROOT
 
 from service.config import load_settings
 from service.realtime.backplane import Backoff, RedisBackplane, encode_envelope
 from service.realtime.fanout import Event, Fanout
 from service.realtime.registry import Registry
+from support import ROOT
 
 NO_ENV = ROOT / "tests" / "no.env"
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from rawws import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWebSocket, close_payload, frame
+
 from support import Server
 
 MAX = 65536  # MAX_FRAME_BYTES default

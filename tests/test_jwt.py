@@ -9,11 +9,11 @@ from pathlib import Path
 import jwt
 import pytest
 from jwtkit import AUDIENCE, ISSUER, JWT_SETTINGS, SECRET, claims, hs256, unsigned, write_keypair
-from support import Server, fresh_id, run_cli
 
 from service.auth import JwtAuthenticator
 from service.config import ConfigError, load_settings
 from service.errors import Refused
+from support import Server, fresh_id, run_cli
 
 AUTH_FAILED = {"type": "error", "error": "认证失败", "code": "auth_failed"}
 

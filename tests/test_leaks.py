@@ -8,6 +8,7 @@ import socket
 import pytest
 from conftest import need_mariadb
 from rawws import OP_TEXT, RawWebSocket, frame
+
 from support import Server, create_mariadb_database, drop_mariadb_database, fresh_id
 
 LEAK = re.compile(r"Traceback|File \"|\.py\b|sqlalchemy|pymysql|mysql|sqlite|SELECT|INSERT|/work/|/tmp/|gunicorn/|"

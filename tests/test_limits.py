@@ -8,6 +8,7 @@ import time
 
 import pytest
 from rawws import OP_TEXT, RawWebSocket, frame
+
 from support import Server, fresh_id
 
 ORIGIN = "https://chat.example.com"

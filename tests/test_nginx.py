@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import IN_CI, ROOT, Client, Server, free_port, fresh_id
 from traffic import clients_per_node, exchange, node_of, split_pairs, stop_all
+
+from support import IN_CI, ROOT, Client, Server, free_port, fresh_id
 
 LEGACY_PORTS = ("2346", "2347", "2348")
 

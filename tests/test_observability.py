@@ -15,8 +15,9 @@ from collections.abc import Callable
 import pytest
 import sqlalchemy
 from prometheus_client.parser import text_string_to_metric_families
-from support import Client, Server, free_port, fresh_id
 from test_operations import frames_until_close, wait_until
+
+from support import Client, Server, free_port, fresh_id
 
 
 def metric_values(server: Server) -> dict[tuple[str, tuple], float]:

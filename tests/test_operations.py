@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import websocket
+
 from support import ROOT, Client, base_env, free_port, fresh_id, run_cli
 
 

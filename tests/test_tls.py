@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from rawws import OP_TEXT, RawWebSocket, frame
+
 from support import Server, fresh_id
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import websocket
+
 from support import Client, Server, fresh_id
 
 
