@@ -7,12 +7,12 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import event
-from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from ..config import Settings
 from .models import db
 from .queries import Storage, StorageError
 from .records import AgentRecord, MessageRecord, NewMessage, SessionRecord
+from .schema import SchemaError, prepare_for_serving
 from .writer import DuplicateMessage, MessageWriter
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "MessageRecord",
     "MessageWriter",
     "NewMessage",
+    "SchemaError",
     "SessionRecord",
     "Storage",
     "StorageError",
@@ -59,7 +60,11 @@ def _tune_sqlite(dbapi_connection, _record) -> None:
 
 
 def init_storage(app: Flask, settings: Settings, create_tables: bool = True) -> Storage:
-    """Bind Flask-SQLAlchemy to the app and return the Storage gateway; create missing tables."""
+    """Bind Flask-SQLAlchemy to the app and return the Storage gateway.
+
+    With `create_tables`, an empty database gets the whole schema and one at an older revision is refused
+    (SchemaError: run `python -m service db upgrade`); see storage/schema.py.
+    """
     if settings.is_sqlite:
         path = settings.database_url.removeprefix("sqlite:///")
         if path and ":memory:" not in path:
@@ -74,17 +79,5 @@ def init_storage(app: Flask, settings: Settings, create_tables: bool = True) -> 
     if settings.is_sqlite:
         event.listen(engine, "connect", _tune_sqlite)
     if create_tables:
-        create_missing_tables(engine)
+        prepare_for_serving(engine)
     return Storage(engine, settings.tz, concurrency=POOL_SIZE)
-
-
-def create_missing_tables(engine) -> None:
-    """CREATE what is missing; several workers may race here, and losing the race is fine."""
-    for attempt in range(3):
-        try:
-            db.metadata.create_all(engine, checkfirst=True)
-            return
-        except (OperationalError, ProgrammingError) as exc:
-            if attempt == 2 or "already exists" not in str(exc).lower():
-                raise
-            log.debug("create_all raced another worker; retrying")

@@ -15,14 +15,38 @@ from dataclasses import dataclass, field
 import gevent
 from gevent.event import AsyncResult
 from gevent.queue import Empty, Queue
-from sqlalchemy import insert
+from sqlalchemy import and_, case, insert, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .models import messages_table
+from .models import messages_table, sessions_table
 from .queries import Storage, StorageError
 from .records import MessageRecord, NewMessage
 
 log = logging.getLogger(__name__)
+
+
+def first_agent_reply(messages: list[NewMessage]) -> dict[int, object]:
+    """session id -> time of its earliest agent message in this batch."""
+    first: dict[int, object] = {}
+    for m in messages:
+        if m.sender_role == "agent" and (m.session_id not in first or m.created_at < first[m.session_id]):
+            first[m.session_id] = m.created_at
+    return first
+
+
+def first_response_update(first: dict[int, object]):
+    """One UPDATE for the whole batch: set first_response_at where it is still NULL (the first reply wins)."""
+    column = sessions_table.c.first_response_at
+    if len(first) == 1:
+        ((session_id, at),) = first.items()
+        value = at
+    else:
+        value = case(first, value=sessions_table.c.id)
+    return (
+        update(sessions_table)
+        .where(and_(sessions_table.c.id.in_(list(first)), column.is_(None)))
+        .values(first_response_at=value)
+    )
 
 
 class DuplicateMessage(Exception):
@@ -136,15 +160,20 @@ class MessageWriter:
         pending.result.set_exception(exc)
 
     def _insert(self, messages: list[NewMessage]) -> list[int]:
-        """Insert in one transaction; ids in the order given."""
+        """Insert in one transaction; ids in the order given. Agent replies also mark first responses."""
         rows = [m.as_row() for m in messages]
         with self.storage.connect(write=True) as conn:
             if len(rows) == 1:
-                return [conn.execute(insert(messages_table), rows[0]).inserted_primary_key[0]]
-            if self._returning:
+                ids = [conn.execute(insert(messages_table), rows[0]).inserted_primary_key[0]]
+            elif self._returning:
                 result = conn.execute(
                     insert(messages_table).returning(messages_table.c.id, sort_by_parameter_order=True), rows
                 )
-                return [row[0] for row in result]
-            # No RETURNING (MySQL): still one transaction and one commit for the whole batch.
-            return [conn.execute(insert(messages_table), row).inserted_primary_key[0] for row in rows]
+                ids = [row[0] for row in result]
+            else:
+                # No RETURNING (MySQL): still one transaction and one commit for the whole batch.
+                ids = [conn.execute(insert(messages_table), row).inserted_primary_key[0] for row in rows]
+            first_reply = first_agent_reply(messages)
+            if first_reply:
+                conn.execute(first_response_update(first_reply))
+        return ids
