@@ -50,7 +50,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    from . import agent, db, demo  # noqa: F401  (registers their commands)
+    from . import agent, db, demo, report  # noqa: F401  (registers their commands)
 
     try:
         cli(standalone_mode=True)
