@@ -7,8 +7,11 @@
 -- - Times are naive DATETIMEs in APP_TIMEZONE (the legacy convention): `day` and `hour` are local, no
 --   conversion is needed or done. `day` is the day the SESSION WAS OPENED (session views) or the message
 --   was sent (message views); a session is counted on its opening day even when answered or closed later.
--- - Filter on `day` (e.g. WHERE day = '2026-11-02' or day BETWEEN ... AND ...): it maps to the indexed
---   generated column created_day, so a one-day question reads one day of rows through an index.
+-- - Filter on `day` (e.g. WHERE day = '2026-11-02' or day BETWEEN ... AND ...): it maps to an indexed
+--   column (chat_sessions.created_day, generated from created_at; chat_message_hourly.day), so a one-day
+--   question reads one day of rows through an index.
+-- - Message figures come from chat_message_hourly (messages per local hour, role and sender, added by the
+--   server in the transaction that stores the messages), never from a scan of chat_messages.
 -- - FRT (first response time) = first_response_at - created_at, in seconds: the time from the session being
 --   opened to the first message of any agent in it. first_response_at is written by the server in the same
 --   transaction as that message.
@@ -102,22 +105,22 @@ GROUP BY s.created_day, HOUR(s.created_at);
 
 CREATE OR REPLACE VIEW report_messages_daily AS
 SELECT
-    m.created_day AS day,
-    COUNT(*) AS messages,
-    SUM(CASE WHEN m.sender_role = 'customer' THEN 1 ELSE 0 END) AS customer_messages,
-    SUM(CASE WHEN m.sender_role = 'agent' THEN 1 ELSE 0 END) AS agent_messages
-FROM chat_messages m
-GROUP BY m.created_day;
+    h.day,
+    SUM(h.messages) AS messages,
+    SUM(CASE WHEN h.sender_role = 'customer' THEN h.messages ELSE 0 END) AS customer_messages,
+    SUM(CASE WHEN h.sender_role = 'agent' THEN h.messages ELSE 0 END) AS agent_messages
+FROM chat_message_hourly h
+GROUP BY h.day;
 
 CREATE OR REPLACE VIEW report_messages_hourly AS
 SELECT
-    m.created_day AS day,
-    HOUR(m.created_at) AS hour,
-    COUNT(*) AS messages,
-    SUM(CASE WHEN m.sender_role = 'customer' THEN 1 ELSE 0 END) AS customer_messages,
-    SUM(CASE WHEN m.sender_role = 'agent' THEN 1 ELSE 0 END) AS agent_messages
-FROM chat_messages m
-GROUP BY m.created_day, HOUR(m.created_at);
+    h.day,
+    h.hour,
+    SUM(h.messages) AS messages,
+    SUM(CASE WHEN h.sender_role = 'customer' THEN h.messages ELSE 0 END) AS customer_messages,
+    SUM(CASE WHEN h.sender_role = 'agent' THEN h.messages ELSE 0 END) AS agent_messages
+FROM chat_message_hourly h
+GROUP BY h.day, h.hour;
 
 CREATE OR REPLACE VIEW report_agent_daily AS
 SELECT
@@ -172,10 +175,10 @@ SELECT
     a.display_name,
     c.messages
 FROM (
-    SELECT m.created_day AS day, m.sender_id AS agent_id, COUNT(*) AS messages
-    FROM chat_messages m
-    WHERE m.sender_role = 'agent'
-    GROUP BY m.created_day, m.sender_id
+    SELECT h.day, h.sender_id AS agent_id, SUM(h.messages) AS messages
+    FROM chat_message_hourly h
+    WHERE h.sender_role = 'agent'
+    GROUP BY h.day, h.sender_id
 ) c
 LEFT JOIN agents a ON a.user_id = c.agent_id;
 

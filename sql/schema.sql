@@ -1,5 +1,5 @@
 -- The chat service's full schema (MySQL 8 / MariaDB 10.11 DDL), generated from service/storage/models.py
--- by `python -m service db schema > sql/schema.sql`; tests/test_migrations.py proves it equals the schema
+-- by `python -m service db schema > sql/schema.sql`. tests/test_migrations.py proves it equals the schema
 -- that `python -m service db upgrade` builds. Do not edit by hand: change the models, add a migration
 -- revision (service/storage/migrations/versions/), regenerate this file.
 --
@@ -11,6 +11,15 @@ CREATE TABLE agents (
 	display_name VARCHAR(100),
 	created_at DATETIME NOT NULL,
 	PRIMARY KEY (user_id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_unicode_ci;
+
+CREATE TABLE chat_message_hourly (
+	day DATE NOT NULL,
+	hour SMALLINT NOT NULL,
+	sender_role VARCHAR(16) NOT NULL,
+	sender_id BIGINT NOT NULL,
+	messages INTEGER NOT NULL,
+	PRIMARY KEY (day, hour, sender_role, sender_id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_unicode_ci;
 
 CREATE TABLE chat_sessions (
@@ -45,15 +54,12 @@ CREATE TABLE chat_messages (
 	content MEDIUMTEXT NOT NULL,
 	client_msg_id VARCHAR(64),
 	created_at DATETIME NOT NULL,
-	created_day DATE GENERATED ALWAYS AS (DATE(created_at)) VIRTUAL,
 	PRIMARY KEY (id),
 	CONSTRAINT uq_chat_messages_client_msg UNIQUE (session_id, sender_id, client_msg_id),
 	CONSTRAINT fk_chat_messages_session FOREIGN KEY(session_id) REFERENCES chat_sessions (id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_unicode_ci;
 
 CREATE INDEX ix_chat_messages_created_at ON chat_messages (created_at);
-
-CREATE INDEX ix_chat_messages_day_role_sender ON chat_messages (created_day, sender_role, sender_id, created_at);
 
 CREATE INDEX ix_chat_messages_sender_created ON chat_messages (sender_id, created_at);
 

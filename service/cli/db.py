@@ -42,7 +42,7 @@ def upgrade(ctx: Context, revision: str) -> None:
         click.echo(f"database already at revision {after}")
     else:
         click.echo(f"upgraded database from revision {before or 'empty'} to {after}")
-    if schema.is_mysql(engine):
+    if schema.is_mysql(engine) and after == schema.head_revision():
         click.echo(f"installed {len(schema.view_names())} report views")
 
 

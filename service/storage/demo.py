@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, func, insert, select, text
 
 from .models import agents_table, events_table, messages_table, sessions_table
+from .writer import hourly_upsert
 
 BATCH = 5_000
 AGENT_BASE = 900_000_000
@@ -73,6 +75,7 @@ def generate(
         message_rows: list[dict] = []
         event_rows: list[dict] = []
         totals = {"sessions": 0, "messages": 0, "events": 0}
+        hourly: Counter = Counter()
 
         def flush(final: bool = False) -> None:
             for table, rows, key in (
@@ -83,7 +86,16 @@ def generate(
                 if rows and (final or len(rows) >= BATCH or table is sessions_table):
                     conn.execute(insert(table), rows)
                     totals[key] += len(rows)
+                    if table is messages_table:
+                        for m in rows:
+                            at = m["created_at"]
+                            hourly[(at.date(), at.hour, m["sender_role"], m["sender_id"])] += 1
                     rows.clear()
+            if final:
+                counts = [{"day": d, "hour": h, "sender_role": r, "sender_id": s, "messages": n}
+                          for (d, h, r, s), n in sorted(hourly.items())]
+                for i in range(0, len(counts), BATCH):
+                    conn.execute(hourly_upsert(engine.dialect.name, counts[i : i + BATCH]))
             if progress is not None and final:
                 progress(f"{totals['sessions']} sessions, {totals['messages']} messages")
 

@@ -100,14 +100,11 @@ class ChatMessage(db.Model):
     # Idempotency key chosen by the client; unique per sender and session, NULLs never collide.
     client_msg_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
-    created_day: Mapped[date | None] = mapped_column(Date, Computed(CREATED_DAY, persisted=False))
 
     __table_args__ = (
         Index("ix_chat_messages_session_id", "session_id", "id"),
         Index("ix_chat_messages_created_at", "created_at"),
         Index("ix_chat_messages_sender_created", "sender_id", "created_at"),
-        # Covers every message view: per day, per hour (created_at), per role, per agent.
-        Index("ix_chat_messages_day_role_sender", "created_day", "sender_role", "sender_id", "created_at"),
         UniqueConstraint("session_id", "sender_id", "client_msg_id", name="uq_chat_messages_client_msg"),
         MYSQL_TABLE,
     )
@@ -140,7 +137,26 @@ class ChatSessionEvent(db.Model):
 
 EVENTS = ("opened", "assigned", "closed")
 
+
+class ChatMessageHourly(db.Model):
+    """Messages stored per local hour, role and sender: the message reports read this, never chat_messages.
+
+    The message writer adds each batch's counts in the batch's own transaction, so the counts always equal
+    the messages ever stored (deleting messages later does not change them: they are history).
+    """
+
+    __tablename__ = "chat_message_hourly"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    hour: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    sender_role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    sender_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    messages: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __table_args__ = (MYSQL_TABLE,)
+
 sessions_table = ChatSession.__table__
 messages_table = ChatMessage.__table__
 agents_table = Agent.__table__
 events_table = ChatSessionEvent.__table__
+message_hourly_table = ChatMessageHourly.__table__

@@ -67,16 +67,17 @@ def _tables(engine: Engine) -> set[str]:
 
 
 def upgrade(engine: Engine, target: str = "head") -> tuple[str | None, str | None]:
-    """Migrate to `target`, keeping every row; (revision before, revision after). Reinstalls the views."""
+    """Migrate to `target`, keeping every row; (revision before, revision after). Reinstalls the views at head."""
     before = current_revision(engine)
     if before is None and FIRST_RELEASE_TABLES <= _tables(engine):
         log.info("unversioned database with the first release's tables: stamping 0001")
         _run(engine, lambda config: command.stamp(config, "0001"))
         before = "0001"
     _run(engine, lambda config: command.upgrade(config, target))
-    if is_mysql(engine):
+    after = current_revision(engine)
+    if is_mysql(engine) and after == head_revision():
         install_views(engine)
-    return before, current_revision(engine)
+    return before, after
 
 
 def downgrade(engine: Engine, target: str) -> tuple[str | None, str | None]:
@@ -180,7 +181,7 @@ def drop_views(engine: Engine) -> None:
 
 SCHEMA_HEADER = """\
 -- The chat service's full schema (MySQL 8 / MariaDB 10.11 DDL), generated from service/storage/models.py
--- by `python -m service db schema > sql/schema.sql`; tests/test_migrations.py proves it equals the schema
+-- by `python -m service db schema > sql/schema.sql`. tests/test_migrations.py proves it equals the schema
 -- that `python -m service db upgrade` builds. Do not edit by hand: change the models, add a migration
 -- revision (service/storage/migrations/versions/), regenerate this file.
 --

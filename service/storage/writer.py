@@ -1,5 +1,8 @@
 """Group commit for chat messages: many senders, few writers, one multi-row INSERT per transaction.
 
+The same transaction adds the batch to the hourly message counts (one upsert) and, when the batch holds agent
+messages, sets first_response_at of sessions not yet answered (one UPDATE): reports never scan messages.
+
 A sender's greenlet submits its message and waits for the stored record, so one sender never has two
 messages in flight and its order is kept. Writers drain the queue in FIFO order, store up to WRITER_BATCH
 rows in one transaction and hand each sender its id. When a batch fails (a duplicate client_msg_id, a bad
@@ -10,31 +13,34 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import gevent
 from gevent.event import AsyncResult
 from gevent.queue import Empty, Queue
 from sqlalchemy import and_, case, insert, update
+from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .models import messages_table, sessions_table
+from .models import message_hourly_table, messages_table, sessions_table
 from .queries import Storage, StorageError
 from .records import MessageRecord, NewMessage
 
 log = logging.getLogger(__name__)
 
 
-def first_agent_reply(messages: list[NewMessage]) -> dict[int, object]:
+def first_agent_reply(messages: list[NewMessage]) -> dict[int, datetime]:
     """session id -> time of its earliest agent message in this batch."""
-    first: dict[int, object] = {}
+    first: dict[int, datetime] = {}
     for m in messages:
         if m.sender_role == "agent" and (m.session_id not in first or m.created_at < first[m.session_id]):
             first[m.session_id] = m.created_at
     return first
 
 
-def first_response_update(first: dict[int, object]):
+def first_response_update(first: dict[int, datetime]):
     """One UPDATE for the whole batch: set first_response_at where it is still NULL (the first reply wins)."""
     column = sessions_table.c.first_response_at
     if len(first) == 1:
@@ -47,6 +53,28 @@ def first_response_update(first: dict[int, object]):
         .where(and_(sessions_table.c.id.in_(list(first)), column.is_(None)))
         .values(first_response_at=value)
     )
+
+
+def hourly_counts(messages) -> list[dict]:
+    """The batch's rows of chat_message_hourly, in key order (concurrent writers lock rows in one order)."""
+    counts = Counter((m.created_at.date(), m.created_at.hour, m.sender_role, m.sender_id) for m in messages)
+    return [
+        {"day": day, "hour": hour, "sender_role": role, "sender_id": sender, "messages": n}
+        for (day, hour, role, sender), n in sorted(counts.items())
+    ]
+
+
+def hourly_upsert(dialect_name: str, rows: list[dict]):
+    """One INSERT that adds `rows` to chat_message_hourly (MySQL/MariaDB ON DUPLICATE KEY, SQLite ON CONFLICT)."""
+    table = message_hourly_table
+    if dialect_name == "sqlite":
+        statement = sqlite.insert(table).values(rows)
+        return statement.on_conflict_do_update(
+            index_elements=[c.name for c in table.primary_key],
+            set_={"messages": table.c.messages + statement.excluded.messages},
+        )
+    statement = mysql.insert(table).values(rows)
+    return statement.on_duplicate_key_update(messages=table.c.messages + statement.inserted.messages)
 
 
 class DuplicateMessage(Exception):
@@ -173,6 +201,7 @@ class MessageWriter:
             else:
                 # No RETURNING (MySQL): still one transaction and one commit for the whole batch.
                 ids = [conn.execute(insert(messages_table), row).inserted_primary_key[0] for row in rows]
+            conn.execute(hourly_upsert(conn.dialect.name, hourly_counts(messages)))
             first_reply = first_agent_reply(messages)
             if first_reply:
                 conn.execute(first_response_update(first_reply))

@@ -1,11 +1,12 @@
-"""Reporting: who closed a session and why, the first agent reply, session events, day columns and indexes.
+"""Reporting: who closed a session and why, the first agent reply, session events, hourly message counts.
 
 Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-26
 
 Sessions closed before this revision keep close_reason NULL and are never counted as abandoned; their
-first_response_at is back-filled from their stored messages, so first-response figures cover old data too.
+first_response_at is back-filled from their stored messages, and chat_message_hourly from chat_messages, so
+the first-response and message figures cover old data too.
 """
 
 from __future__ import annotations
@@ -29,9 +30,15 @@ def upgrade() -> None:
     op.add_column("chat_sessions", sa.Column("close_reason", sa.String(16)))
     op.add_column("chat_sessions", sa.Column("created_day", sa.Date(), sa.Computed(CREATED_DAY, persisted=False)))
     op.create_index("ix_chat_sessions_day_agent", "chat_sessions", ["created_day", "agent_id"])
-    op.add_column("chat_messages", sa.Column("created_day", sa.Date(), sa.Computed(CREATED_DAY, persisted=False)))
-    op.create_index(
-        "ix_chat_messages_day_role_sender", "chat_messages", ["created_day", "sender_role", "sender_id", "created_at"]
+    op.create_table(
+        "chat_message_hourly",
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("hour", sa.SmallInteger(), autoincrement=False, nullable=False),
+        sa.Column("sender_role", sa.String(16), nullable=False),
+        sa.Column("sender_id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("messages", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("day", "hour", "sender_role", "sender_id"),
+        **MYSQL_TABLE,
     )
     op.create_table(
         "chat_session_events",
@@ -55,12 +62,19 @@ def upgrade() -> None:
         " WHERE m.session_id = chat_sessions.id AND m.sender_role = 'agent')"
         " WHERE first_response_at IS NULL"
     )
+    hour = "HOUR(created_at)" if op.get_bind().dialect.name in ("mysql", "mariadb") else (
+        "CAST(strftime('%H', created_at) AS INTEGER)"
+    )
+    op.execute(
+        "INSERT INTO chat_message_hourly (day, hour, sender_role, sender_id, messages)"
+        f" SELECT DATE(created_at), {hour}, sender_role, sender_id, COUNT(*) FROM chat_messages"
+        f" GROUP BY DATE(created_at), {hour}, sender_role, sender_id"
+    )
 
 
 def downgrade() -> None:
     op.drop_table("chat_session_events")
-    op.drop_index("ix_chat_messages_day_role_sender", table_name="chat_messages")
-    op.drop_column("chat_messages", "created_day")
+    op.drop_table("chat_message_hourly")
     op.drop_index("ix_chat_sessions_day_agent", table_name="chat_sessions")
     for column in ("created_day", "close_reason", "closed_by", "first_response_at"):
         op.drop_column("chat_sessions", column)
