@@ -151,6 +151,45 @@ class Reports:
         with self.storage.connect() as conn:
             return [(_day(d), role, sender, int(n)) for d, role, sender, n in conn.execute(query).all()]
 
+    def range_figures(self, first: date, last: date, by_agent: bool) -> dict[Any, dict[str, Any]]:
+        """The figures of report_sessions_daily over a whole range (key None), or per agent (key agent_id).
+
+        MySQL/MariaDB: one query on report_sessions (medians with PERCENTILE_CONT over the range). SQLite:
+        the same definitions applied in Python to one row per session.
+        """
+        if not self.mysql:
+            facts = self.session_facts(first, last)
+            if by_agent:
+                return group([r for r in facts if r.agent_id is not None], lambda r: r.agent_id)
+            return {None: figures(facts)}
+        key = "r.agent_id" if by_agent else "NULL"
+        window = "OVER (PARTITION BY r.agent_id)" if by_agent else "OVER ()"
+        sql = f"""
+            SELECT x.k AS k,
+                COUNT(*) AS sessions_opened,
+                COALESCE(SUM(x.answered), 0) AS sessions_answered,
+                COALESCE(SUM(CASE WHEN x.status = 'active' AND x.answered = 0 THEN 1 ELSE 0 END), 0)
+                    AS sessions_waiting,
+                COALESCE(SUM(CASE WHEN x.status = 'closed' THEN 1 ELSE 0 END), 0) AS sessions_closed,
+                COALESCE(SUM(x.abandoned), 0) AS sessions_abandoned,
+                AVG(x.frt_seconds) AS frt_avg_seconds,
+                MAX(x.frt_median) AS frt_median_seconds,
+                AVG(x.handling_seconds) AS handling_avg_seconds,
+                MAX(x.handling_median) AS handling_median_seconds
+            FROM (
+                SELECT {key} AS k, r.status, r.answered, r.abandoned, r.frt_seconds, r.handling_seconds,
+                    PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY r.frt_seconds) {window} AS frt_median,
+                    PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY r.handling_seconds) {window} AS handling_median
+                FROM report_sessions r
+                WHERE r.day BETWEEN :first AND :last {"AND r.agent_id IS NOT NULL" if by_agent else ""}
+            ) x
+            GROUP BY x.k"""
+        rows = self._view(sql, first=first, last=last)
+        result = {row.pop("k"): {name: _integral(name, row[name]) for name in FIGURES} for row in rows}
+        if not by_agent and None not in result:
+            result[None] = figures([])
+        return result
+
     def _view(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         with self.storage.connect() as conn:
             return [{k: number(v) for k, v in row._mapping.items()} for row in conn.execute(text(sql), params)]
@@ -159,7 +198,6 @@ class Reports:
 
     def summary(self, first: date, last: date) -> dict[str, Any]:
         """Per-day rows (report_sessions_daily + report_messages_daily), range totals, sessions waiting now."""
-        facts = self.session_facts(first, last)
         counts = self.message_counts(first, last)
         messages: dict[date, dict[str, int]] = defaultdict(lambda: dict.fromkeys(MESSAGE_FIGURES, 0))
         for day, role, _sender, n in counts:
@@ -168,7 +206,7 @@ class Reports:
                 messages[day][f"{role}_messages"] += n
         if self.mysql:
             sessions = {
-                _day(row.pop("day")): row
+                _day(row.pop("day")): {name: _integral(name, row[name]) for name in FIGURES}
                 for row in self._view(
                     "SELECT * FROM report_sessions_daily WHERE day BETWEEN :first AND :last", first=first, last=last
                 )
@@ -176,16 +214,16 @@ class Reports:
             from_views = self._view(
                 "SELECT * FROM report_messages_daily WHERE day BETWEEN :first AND :last", first=first, last=last
             )
-            messages = {_day(row.pop("day")): row for row in from_views}
+            messages = {_day(row.pop("day")): {n: int(row[n]) for n in MESSAGE_FIGURES} for row in from_views}
         else:
-            sessions = group(facts, lambda r: r.day)  # type: ignore[assignment]
+            sessions = group(self.session_facts(first, last), lambda r: r.day)  # type: ignore[assignment]
         days = []
         for day in sorted(set(sessions) | set(messages)):
             row = {"day": day.isoformat()}
             row.update(sessions.get(day) or figures([]))
             row.update(messages.get(day) or dict.fromkeys(MESSAGE_FIGURES, 0))
             days.append(row)
-        totals = figures(facts)
+        totals = self.range_figures(first, last, by_agent=False)[None]
         for name in MESSAGE_FIGURES:
             totals[name] = sum(d[name] for d in days)
         return {
@@ -213,8 +251,7 @@ class Reports:
 
     def agents(self, first: date, last: date) -> dict[str, Any]:
         """One row per agent for the range: report_agent_daily's figures over the range, messages, open now."""
-        facts = [r for r in self.session_facts(first, last) if r.agent_id is not None]
-        by_agent = group(facts, lambda r: r.agent_id)
+        by_agent = self.range_figures(first, last, by_agent=True)
         sent: dict[int, int] = defaultdict(int)
         for _, role, sender, n in self.message_counts(first, last):
             if role == "agent":
@@ -280,6 +317,13 @@ AGENT_COLUMNS = (
     "open_sessions",
     "open_unanswered",
 )
+
+
+def _integral(name: str, value: Any) -> Any:
+    """Counts as ints (MariaDB's SUM is DECIMAL), times as floats or None."""
+    if value is None:
+        return None
+    return int(value) if name.startswith("sessions_") else float(value)
 
 
 def _day(value: Any) -> date:
