@@ -10,8 +10,9 @@
 -- - Filter on `day` (e.g. WHERE day = '2026-11-02' or day BETWEEN ... AND ...): it maps to an indexed
 --   column (chat_sessions.created_day, generated from created_at; chat_message_hourly.day), so a one-day
 --   question reads one day of rows through an index.
--- - Message figures come from chat_message_hourly (messages per local hour, role and sender, added by the
---   server in the transaction that stores the messages), never from a scan of chat_messages.
+-- - Message figures come from chat_message_hourly (messages per local hour, role and agent, customers
+--   together as sender_id 0; added by the server in the transaction that stores the messages), never from a
+--   scan of chat_messages.
 -- - FRT (first response time) = first_response_at - created_at, in seconds: the time from the session being
 --   opened to the first message of any agent in it. first_response_at is written by the server in the same
 --   transaction as that message.

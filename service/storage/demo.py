@@ -89,13 +89,14 @@ def generate(
                     if table is messages_table:
                         for m in rows:
                             at = m["created_at"]
-                            hourly[(at.date(), at.hour, m["sender_role"], m["sender_id"])] += 1
+                            sender = m["sender_id"] if m["sender_role"] == "agent" else 0
+                            hourly[(at.date(), at.hour, m["sender_role"], sender)] += 1
                     rows.clear()
             if final:
                 counts = [{"day": d, "hour": h, "sender_role": r, "sender_id": s, "messages": n}
                           for (d, h, r, s), n in sorted(hourly.items())]
                 for i in range(0, len(counts), BATCH):
-                    conn.execute(hourly_upsert(engine.dialect.name, counts[i : i + BATCH]))
+                    conn.execute(hourly_upsert(engine.dialect.name), counts[i : i + BATCH])
             if progress is not None and final:
                 progress(f"{totals['sessions']} sessions, {totals['messages']} messages")
 

@@ -139,10 +139,11 @@ EVENTS = ("opened", "assigned", "closed")
 
 
 class ChatMessageHourly(db.Model):
-    """Messages stored per local hour, role and sender: the message reports read this, never chat_messages.
+    """Messages stored per local hour, role and agent: the message reports read this, never chat_messages.
 
     The message writer adds each batch's counts in the batch's own transaction, so the counts always equal
-    the messages ever stored (deleting messages later does not change them: they are history).
+    the messages ever stored (deleting messages later does not change them: they are history). Agents' rows
+    carry their user id; every other sender is counted under sender_id 0 (one row per hour and role).
     """
 
     __tablename__ = "chat_message_hourly"

@@ -30,6 +30,8 @@ from .records import MessageRecord, NewMessage
 
 log = logging.getLogger(__name__)
 
+ANSWERED_CACHE_SIZE = 100_000
+
 
 def first_agent_reply(messages: list[NewMessage]) -> dict[int, datetime]:
     """session id -> time of its earliest agent message in this batch."""
@@ -56,24 +58,29 @@ def first_response_update(first: dict[int, datetime]):
 
 
 def hourly_counts(messages) -> list[dict]:
-    """The batch's rows of chat_message_hourly, in key order (concurrent writers lock rows in one order)."""
-    counts = Counter((m.created_at.date(), m.created_at.hour, m.sender_role, m.sender_id) for m in messages)
+    """The batch's rows of chat_message_hourly (agents by id, customers as 0), in key order (concurrent writers
+    lock rows in one order)."""
+    counts = Counter(
+        (m.created_at.date(), m.created_at.hour, m.sender_role, m.sender_id if m.sender_role == "agent" else 0)
+        for m in messages
+    )
     return [
         {"day": day, "hour": hour, "sender_role": role, "sender_id": sender, "messages": n}
         for (day, hour, role, sender), n in sorted(counts.items())
     ]
 
 
-def hourly_upsert(dialect_name: str, rows: list[dict]):
-    """One INSERT that adds `rows` to chat_message_hourly (MySQL/MariaDB ON DUPLICATE KEY, SQLite ON CONFLICT)."""
+def hourly_upsert(dialect_name: str):
+    """INSERT that adds rows to chat_message_hourly; run it with a list of rows (one executemany, compiled once:
+    PyMySQL sends one multi-row INSERT ... ON DUPLICATE KEY UPDATE, SQLite ON CONFLICT DO UPDATE)."""
     table = message_hourly_table
     if dialect_name == "sqlite":
-        statement = sqlite.insert(table).values(rows)
+        statement = sqlite.insert(table)
         return statement.on_conflict_do_update(
             index_elements=[c.name for c in table.primary_key],
             set_={"messages": table.c.messages + statement.excluded.messages},
         )
-    statement = mysql.insert(table).values(rows)
+    statement = mysql.insert(table)
     return statement.on_duplicate_key_update(messages=table.c.messages + statement.inserted.messages)
 
 
@@ -107,6 +114,9 @@ class MessageWriter:
             getattr(dialect, "insert_executemany_returning_sort_by_parameter_order", False)
         )
         self.observe = None  # optional callable(seconds, rows) for metrics
+        # Sessions this worker knows to be answered: their agent messages need no first-response UPDATE.
+        self._answered: set[int] = set()
+        self._hourly = hourly_upsert(dialect.name)
 
     def _ensure_started(self) -> None:
         if not self._writers:
@@ -201,8 +211,13 @@ class MessageWriter:
             else:
                 # No RETURNING (MySQL): still one transaction and one commit for the whole batch.
                 ids = [conn.execute(insert(messages_table), row).inserted_primary_key[0] for row in rows]
-            conn.execute(hourly_upsert(conn.dialect.name, hourly_counts(messages)))
-            first_reply = first_agent_reply(messages)
+            first_reply = {k: v for k, v in first_agent_reply(messages).items() if k not in self._answered}
             if first_reply:
                 conn.execute(first_response_update(first_reply))
+            # Last, so the hour's shared customer row stays locked only for the commit.
+            conn.execute(self._hourly, hourly_counts(messages))
+        if first_reply:
+            if len(self._answered) > ANSWERED_CACHE_SIZE:
+                self._answered.clear()
+            self._answered.update(first_reply)  # committed: every one of them has its first response now
         return ids

@@ -65,10 +65,11 @@ def upgrade() -> None:
     hour = "HOUR(created_at)" if op.get_bind().dialect.name in ("mysql", "mariadb") else (
         "CAST(strftime('%H', created_at) AS INTEGER)"
     )
+    sender = "CASE WHEN sender_role = 'agent' THEN sender_id ELSE 0 END"
     op.execute(
         "INSERT INTO chat_message_hourly (day, hour, sender_role, sender_id, messages)"
-        f" SELECT DATE(created_at), {hour}, sender_role, sender_id, COUNT(*) FROM chat_messages"
-        f" GROUP BY DATE(created_at), {hour}, sender_role, sender_id"
+        f" SELECT DATE(created_at), {hour}, sender_role, {sender}, COUNT(*) FROM chat_messages"
+        f" GROUP BY DATE(created_at), {hour}, sender_role, {sender}"
     )
 
 
