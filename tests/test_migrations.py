@@ -127,8 +127,8 @@ FIRST_RELEASE_ROWS = [
 
 def first_release_database(url: str, versioned: bool) -> None:
     """A database as the first release left it: revision 0001 with rows (unversioned = made by its create_all)."""
-    cli(url, "db", "upgrade", "--revision", "0001")
     engine = engine_of(url)
+    schema_module.upgrade(engine, "0001")
     with engine.begin() as conn:
         for statement in FIRST_RELEASE_ROWS:
             conn.execute(text(statement))
@@ -178,10 +178,10 @@ def test_downgrade_to_the_first_release_and_back_keeps_its_rows(new_database) ->
     """`db downgrade 0001` then `db upgrade`: the first release's rows are still there."""
     url = new_database()
     first_release_database(url, versioned=True)
-    cli(url, "db", "upgrade")
-    assert "to 0001" in cli(url, "db", "downgrade", "0001")
-    cli(url, "db", "upgrade")
     engine = engine_of(url)
+    assert schema_module.upgrade(engine) == ("0001", "0002")
+    assert schema_module.downgrade(engine, "0001") == ("0002", "0001")
+    assert schema_module.upgrade(engine) == ("0001", "0002")
     with engine.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM chat_messages")).scalar() == 4
         assert conn.execute(text("SELECT COUNT(*) FROM chat_sessions")).scalar() == 2
@@ -200,3 +200,13 @@ def test_an_empty_database_is_created_at_head_by_the_server(new_database) -> Non
             views = {r[0] for r in conn.execute(text("SHOW FULL TABLES WHERE Table_type = 'VIEW'"))}
         engine.dispose()
         assert views == set(schema_module.view_names())
+
+
+def test_the_server_refuses_to_start_on_an_old_schema(server_factory, tmp_path: Path) -> None:
+    """gunicorn exits (Worker failed to boot) saying to run `db upgrade` when the database is behind."""
+    url = f"sqlite:///{tmp_path}/old.db"
+    first_release_database(url, versioned=True)
+    with pytest.raises(RuntimeError, match=r"revision 0001 and this version needs 0002: run `python -m service db "
+                                           r"upgrade`") as failure:
+        server_factory(database_url=url)
+    assert "server exited with 3" in str(failure.value)
