@@ -6,6 +6,8 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from .reports import OPENAPI_PATHS, OPENAPI_SCHEMAS
+
 bp = Blueprint("openapi", __name__)
 
 
@@ -180,6 +182,9 @@ SPEC: dict[str, Any] = {
         },
     },
 }
+
+SPEC["paths"].update(OPENAPI_PATHS)
+SPEC["components"]["schemas"].update(OPENAPI_SCHEMAS)
 
 
 @bp.get("/openapi.json")
