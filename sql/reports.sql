@@ -1,4 +1,4 @@
--- Reporting views of the chat service (MySQL 8 / MariaDB 10.11+).
+-- Reporting views of the chat service (MariaDB 10.11+, MySQL 8.0+: window functions).
 --
 -- Install or refresh: `python -m service db upgrade` (after migrating) or `python -m service db views`;
 -- or run this file with any client (`mysql chat < sql/reports.sql`). Every statement is CREATE OR REPLACE.
@@ -17,7 +17,8 @@
 --   opened to the first message of any agent in it. first_response_at is written by the server in the same
 --   transaction as that message.
 -- - Handling time = closed_at - created_at, in seconds, for closed sessions.
--- - Medians are PERCENTILE_CONT(0.5): the middle value, or the mean of the two middle values.
+-- - Medians are the middle value, or the mean of the two middle values (what PERCENTILE_CONT(0.5) gives),
+--   computed with ROW_NUMBER() and COUNT() windows so the same SQL runs on MySQL 8 (no PERCENTILE_CONT).
 -- - Abandoned = closed by the customer or by the idle sweeper (close_reason 'customer' or 'idle') with no
 --   agent reply. Sessions closed before schema revision 0002 have no close_reason and are never abandoned.
 -- - Waiting = still open, no agent reply yet.
@@ -72,9 +73,11 @@ SELECT
     SUM(CASE WHEN f.status = 'closed' THEN 1 ELSE 0 END) AS sessions_closed,
     SUM(f.abandoned) AS sessions_abandoned,
     AVG(f.frt_seconds) AS frt_avg_seconds,
-    MAX(f.frt_median) AS frt_median_seconds,
+    AVG(CASE WHEN f.frt_rank IN (FLOOR((f.frt_count + 1) / 2), CEIL((f.frt_count + 1) / 2))
+        THEN f.frt_seconds END) AS frt_median_seconds,
     AVG(f.handling_seconds) AS handling_avg_seconds,
-    MAX(f.handling_median) AS handling_median_seconds
+    AVG(CASE WHEN f.handling_rank IN (FLOOR((f.handling_count + 1) / 2), CEIL((f.handling_count + 1) / 2))
+        THEN f.handling_seconds END) AS handling_median_seconds
 FROM (
     SELECT
         s.created_day AS day,
@@ -84,10 +87,10 @@ FROM (
             AS abandoned,
         TIMESTAMPDIFF(SECOND, s.created_at, s.first_response_at) AS frt_seconds,
         TIMESTAMPDIFF(SECOND, s.created_at, s.closed_at) AS handling_seconds,
-        PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY TIMESTAMPDIFF(SECOND, s.created_at, s.first_response_at))
-            OVER (PARTITION BY s.created_day) AS frt_median,
-        PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY TIMESTAMPDIFF(SECOND, s.created_at, s.closed_at))
-            OVER (PARTITION BY s.created_day) AS handling_median
+        ROW_NUMBER() OVER (PARTITION BY s.created_day ORDER BY s.first_response_at IS NULL, TIMESTAMPDIFF(SECOND, s.created_at, s.first_response_at)) AS frt_rank,
+        COUNT(s.first_response_at) OVER (PARTITION BY s.created_day) AS frt_count,
+        ROW_NUMBER() OVER (PARTITION BY s.created_day ORDER BY s.closed_at IS NULL, TIMESTAMPDIFF(SECOND, s.created_at, s.closed_at)) AS handling_rank,
+        COUNT(s.closed_at) OVER (PARTITION BY s.created_day) AS handling_count
     FROM chat_sessions s
 ) f
 GROUP BY f.day;
@@ -145,9 +148,11 @@ FROM (
         SUM(CASE WHEN w.status = 'closed' THEN 1 ELSE 0 END) AS sessions_closed,
         SUM(w.abandoned) AS sessions_abandoned,
         AVG(w.frt_seconds) AS frt_avg_seconds,
-        MAX(w.frt_median) AS frt_median_seconds,
+        AVG(CASE WHEN w.frt_rank IN (FLOOR((w.frt_count + 1) / 2), CEIL((w.frt_count + 1) / 2))
+            THEN w.frt_seconds END) AS frt_median_seconds,
         AVG(w.handling_seconds) AS handling_avg_seconds,
-        MAX(w.handling_median) AS handling_median_seconds
+        AVG(CASE WHEN w.handling_rank IN (FLOOR((w.handling_count + 1) / 2), CEIL((w.handling_count + 1) / 2))
+            THEN w.handling_seconds END) AS handling_median_seconds
     FROM (
         SELECT
             s.created_day AS day,
@@ -158,10 +163,12 @@ FROM (
                 AS abandoned,
             TIMESTAMPDIFF(SECOND, s.created_at, s.first_response_at) AS frt_seconds,
             TIMESTAMPDIFF(SECOND, s.created_at, s.closed_at) AS handling_seconds,
-            PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY TIMESTAMPDIFF(SECOND, s.created_at, s.first_response_at))
-                OVER (PARTITION BY s.created_day, s.agent_id) AS frt_median,
-            PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY TIMESTAMPDIFF(SECOND, s.created_at, s.closed_at))
-                OVER (PARTITION BY s.created_day, s.agent_id) AS handling_median
+            ROW_NUMBER() OVER (PARTITION BY s.created_day, s.agent_id
+                               ORDER BY s.first_response_at IS NULL, TIMESTAMPDIFF(SECOND, s.created_at, s.first_response_at)) AS frt_rank,
+            COUNT(s.first_response_at) OVER (PARTITION BY s.created_day, s.agent_id) AS frt_count,
+            ROW_NUMBER() OVER (PARTITION BY s.created_day, s.agent_id
+                               ORDER BY s.closed_at IS NULL, TIMESTAMPDIFF(SECOND, s.created_at, s.closed_at)) AS handling_rank,
+            COUNT(s.closed_at) OVER (PARTITION BY s.created_day, s.agent_id) AS handling_count
         FROM chat_sessions s
         WHERE s.agent_id IS NOT NULL
     ) w

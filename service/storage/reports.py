@@ -3,9 +3,10 @@
 Per-day rows are read from the views on MySQL/MariaDB, so they are the views' numbers by construction.
 Totals over a range and the per-agent table need medians over the whole range, which daily rows cannot give:
 they come from one row per session in the range (the columns of `report_sessions`), aggregated here with
-the views' definitions; on SQLite (no views: they are MySQL SQL, and SQLite has no PERCENTILE_CONT) the
-per-day rows come from the same aggregation. Averages are rounded like MariaDB's AVG (4 decimals, half up),
-medians are PERCENTILE_CONT(0.5), so both paths give identical numbers (tests/test_reports.py).
+the views' definitions (in SQL on MySQL/MariaDB); on SQLite (no views: they are MySQL SQL, TIMESTAMPDIFF and
+all) the per-day rows come from the same aggregation in Python. Averages are rounded like MariaDB's AVG
+(4 decimals, half up), medians are the middle value or the mean of the two middle ones, so both paths give
+identical numbers (tests/test_reports.py).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def average(values: list[int]) -> float | None:
 
 
 def median(values: list[int]) -> float | None:
-    """PERCENTILE_CONT(0.5): the middle value, or the mean of the two middle ones."""
+    """The middle value, or the mean of the two middle ones (PERCENTILE_CONT(0.5))."""
     if not values:
         return None
     ordered = sorted(values)
@@ -154,7 +155,7 @@ class Reports:
     def range_figures(self, first: date, last: date, by_agent: bool) -> dict[Any, dict[str, Any]]:
         """The figures of report_sessions_daily over a whole range (key None), or per agent (key agent_id).
 
-        MySQL/MariaDB: one query on report_sessions (medians with PERCENTILE_CONT over the range). SQLite:
+        MySQL/MariaDB: one query on report_sessions (medians with ROW_NUMBER/COUNT windows). SQLite:
         the same definitions applied in Python to one row per session.
         """
         if not self.mysql:
@@ -163,7 +164,7 @@ class Reports:
                 return group([r for r in facts if r.agent_id is not None], lambda r: r.agent_id)
             return {None: figures(facts)}
         key = "r.agent_id" if by_agent else "NULL"
-        window = "OVER (PARTITION BY r.agent_id)" if by_agent else "OVER ()"
+        part = "PARTITION BY r.agent_id" if by_agent else ""
         sql = f"""
             SELECT x.k AS k,
                 COUNT(*) AS sessions_opened,
@@ -173,13 +174,17 @@ class Reports:
                 COALESCE(SUM(CASE WHEN x.status = 'closed' THEN 1 ELSE 0 END), 0) AS sessions_closed,
                 COALESCE(SUM(x.abandoned), 0) AS sessions_abandoned,
                 AVG(x.frt_seconds) AS frt_avg_seconds,
-                MAX(x.frt_median) AS frt_median_seconds,
+                AVG(CASE WHEN x.frt_rank IN (FLOOR((x.frt_count + 1) / 2), CEIL((x.frt_count + 1) / 2))
+                    THEN x.frt_seconds END) AS frt_median_seconds,
                 AVG(x.handling_seconds) AS handling_avg_seconds,
-                MAX(x.handling_median) AS handling_median_seconds
+                AVG(CASE WHEN x.handling_rank IN (FLOOR((x.handling_count + 1) / 2), CEIL((x.handling_count + 1) / 2))
+                    THEN x.handling_seconds END) AS handling_median_seconds
             FROM (
                 SELECT {key} AS k, r.status, r.answered, r.abandoned, r.frt_seconds, r.handling_seconds,
-                    PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY r.frt_seconds) {window} AS frt_median,
-                    PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY r.handling_seconds) {window} AS handling_median
+                    ROW_NUMBER() OVER ({part} ORDER BY r.frt_seconds IS NULL, r.frt_seconds) AS frt_rank,
+                    COUNT(r.frt_seconds) OVER ({part}) AS frt_count,
+                    ROW_NUMBER() OVER ({part} ORDER BY r.handling_seconds IS NULL, r.handling_seconds) AS handling_rank,
+                    COUNT(r.handling_seconds) OVER ({part}) AS handling_count
                 FROM report_sessions r
                 WHERE r.day BETWEEN :first AND :last {"AND r.agent_id IS NOT NULL" if by_agent else ""}
             ) x
