@@ -413,3 +413,47 @@ def test_api_paths_agree_with_the_views_on_generated_traffic(demo_database: str)
             expected = getattr(view, name)
             assert row[name] == (None if expected is None else type(row[name])(expected)), (name, row, view)
     engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+def test_a_batch_sets_each_sessions_first_response_and_counts_its_hour(backend: str, tmp_path: Path) -> None:
+    """One batch of many sessions' messages: each session gets its earliest agent message, counts add up."""
+    import gevent
+
+    name = None
+    if backend == "mariadb":
+        need_mariadb()
+        url, name = create_mariadb_database()
+    else:
+        url = f"sqlite:///{tmp_path}/batch.db"
+    settings = load_settings({"DATABASE_URL": url}, environ={})
+    storage = init_storage(Flask("t"), settings)
+    try:
+        clock = ClockStorage(storage.engine, settings.tz)
+        clock.clock = at(D, "09:00:00")
+        sessions = [clock.open_session(2000 + n)[0].id for n in range(6)]
+        writer = MessageWriter(clock, batch_size=100, concurrency=1)
+        batches: list[int] = []
+        writer.observe = lambda _seconds, rows: batches.append(rows)
+        answered_at = {sid: at(D, f"09:{10 + i:02d}:00") for i, sid in enumerate(sessions[:4])}
+        plan = []
+        for i, sid in enumerate(sessions):
+            plan.append(NewMessage(sid, 2000 + i, "customer", "hi", at(D, "09:05:00")))
+            if sid in answered_at:
+                later = answered_at[sid].replace(minute=answered_at[sid].minute + 20)
+                plan.append(NewMessage(sid, A1, "agent", "second", later))
+                plan.append(NewMessage(sid, A2 if i % 2 else A1, "agent", "first", answered_at[sid]))
+        gevent.joinall([gevent.spawn(writer.store, m) for m in plan], raise_error=True)
+        writer.stop()
+        assert max(batches) > 1  # they went in together
+        with storage.engine.connect() as conn:
+            got = dict(conn.execute(text("SELECT id, first_response_at FROM chat_sessions")).all())
+            hourly = conn.execute(text("SELECT hour, sender_role, sender_id, messages FROM chat_message_hourly"
+                                       " ORDER BY hour, sender_role, sender_id")).all()
+        assert {sid: (str(v)[:19] if v else None) for sid, v in got.items()} == {
+            sid: (str(answered_at[sid]) if sid in answered_at else None) for sid in sessions}
+        assert [tuple(r) for r in hourly] == [(9, "agent", A1, 6), (9, "agent", A2, 2), (9, "customer", 0, 6)]
+    finally:
+        storage.engine.dispose()
+        if name:
+            drop_mariadb_database(name)
