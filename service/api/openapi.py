@@ -7,6 +7,8 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 
+from .reports import OPENAPI_PATHS, OPENAPI_SCHEMAS
+
 bp = Blueprint("openapi", __name__)
 
 
@@ -236,6 +238,9 @@ SPEC: dict[str, Any] = {
         },
     },
 }
+
+SPEC["paths"].update(OPENAPI_PATHS)
+SPEC["components"]["schemas"].update(OPENAPI_SCHEMAS)
 
 
 @bp.get("/openapi.json")

@@ -141,7 +141,8 @@ def close_session(raw_id: str):
     identity = caller()
     session = hub().authorize(identity, session_id_of(raw_id), need_open=False)
     closed_by = None if identity.backend else identity.user_id
-    record, closed_now = storage_call(hub().storage.close_session, session.id, closed_by)
+    reason = "backend" if identity.backend else identity.role
+    record, closed_now = storage_call(hub().storage.close_session, session.id, closed_by, reason)
     if closed_now:
         hub().publish_session_closed(session.id)
     return jsonify(record.to_wire())

@@ -30,9 +30,12 @@ class Context:
         if self._storage is None:
             from flask import Flask
 
-            from ..storage import init_storage
+            from ..storage import SchemaError, init_storage
 
-            self._storage = init_storage(Flask("service-cli"), self.settings)
+            try:
+                self._storage = init_storage(Flask("service-cli"), self.settings)
+            except SchemaError as exc:
+                raise click.ClickException(str(exc)) from None
         return self._storage
 
 
@@ -47,7 +50,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    from . import agent, server, token  # noqa: F401  (register their commands)
+    from . import agent, db, demo, report, server, token  # noqa: F401  (register their commands)
 
     try:
         cli(standalone_mode=True)

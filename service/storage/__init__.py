@@ -7,12 +7,12 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import event
-from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from ..config import Settings
 from .models import db
 from .queries import Storage, StorageError
 from .records import AgentRecord, MessageRecord, NewMessage, SessionRecord
+from .schema import SchemaError, prepare_for_serving
 from .writer import DuplicateMessage, MessageWriter
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "MessageRecord",
     "MessageWriter",
     "NewMessage",
+    "SchemaError",
     "SessionRecord",
     "Storage",
     "StorageError",
@@ -59,7 +60,11 @@ def _tune_sqlite(dbapi_connection, _record) -> None:
 
 
 def init_storage(app: Flask, settings: Settings, create_tables: bool = True) -> Storage:
-    """Bind Flask-SQLAlchemy to the app and return the Storage gateway; create missing tables."""
+    """Bind Flask-SQLAlchemy to the app and return the Storage gateway.
+
+    With `create_tables`, an empty database gets the whole schema and one at an older revision is refused
+    (SchemaError: run `python -m service db upgrade`); see storage/schema.py.
+    """
     if settings.is_sqlite:
         path = settings.database_url.removeprefix("sqlite:///")
         if path and ":memory:" not in path:
@@ -76,23 +81,11 @@ def init_storage(app: Flask, settings: Settings, create_tables: bool = True) -> 
     storage = Storage(engine, settings.tz, concurrency=POOL_SIZE)
     if create_tables:
         try:
-            create_missing_tables(engine)
+            prepare_for_serving(engine)
         except OperationalError as exc:
-            # The server must start (and answer /healthz, /readyz 503) while the database is down: the tables
-            # are created on the first database use that finds it up.
-            log.error("database unreachable at start-up (%s); tables will be created when it answers",
+            # The server must start (and answer /healthz, /readyz 503) while the database is down: the schema
+            # is checked and created on the first database use that finds it up.
+            log.error("database unreachable at start-up (%s); the schema is prepared when it answers",
                       str(exc.orig or exc)[:200])
-            storage.prepare = lambda: create_missing_tables(engine)
+            storage.prepare = lambda: prepare_for_serving(engine)
     return storage
-
-
-def create_missing_tables(engine) -> None:
-    """CREATE what is missing; several workers may race here, and losing the race is fine."""
-    for attempt in range(3):
-        try:
-            db.metadata.create_all(engine, checkfirst=True)
-            return
-        except (OperationalError, ProgrammingError) as exc:
-            if attempt == 2 or "already exists" not in str(exc).lower():
-                raise
-            log.debug("create_all raced another worker; retrying")

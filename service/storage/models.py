@@ -6,16 +6,33 @@ team's queries read them as local time with no conversion.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, SmallInteger, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Computed,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; MySQL gets BIGINT.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+# The local calendar day of created_at, computed by the database (never written by the service): the reporting
+# views group and filter by it, and an index on a plain column is what makes "one day" a range scan.
+CREATED_DAY = "DATE(created_at)"
+# How a session ended (chat_sessions.close_reason): who asked, or the idle sweeper.
+CLOSE_REASONS = ("customer", "agent", "backend", "idle")
 MYSQL_TABLE = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"}
 
 
@@ -51,12 +68,19 @@ class ChatSession(db.Model):
     open_flag: Mapped[int | None] = mapped_column(SmallInteger, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Reporting (revision 0002), written in the transaction of the change they record:
+    # the first agent message's time (set by the message writer), who closed the session and why.
+    first_response_at: Mapped[datetime | None] = mapped_column(DateTime)
+    closed_by: Mapped[int | None] = mapped_column(BigInteger)
+    close_reason: Mapped[str | None] = mapped_column(String(16))
+    created_day: Mapped[date | None] = mapped_column(Date, Computed(CREATED_DAY, persisted=False))
 
     __table_args__ = (
         UniqueConstraint("user_id", "open_flag", name="uq_chat_sessions_open_per_user"),
         Index("ix_chat_sessions_status_id", "status", "id"),
         Index("ix_chat_sessions_agent_status", "agent_id", "status"),
         Index("ix_chat_sessions_created_at", "created_at"),
+        Index("ix_chat_sessions_day_agent", "created_day", "agent_id"),
         MYSQL_TABLE,
     )
 
@@ -86,6 +110,54 @@ class ChatMessage(db.Model):
     )
 
 
+class ChatSessionEvent(db.Model):
+    """What happened to a session and who did it, appended in the transaction of the change (reporting).
+
+    `event` is one of EVENTS; `actor_id` is NULL for the trusted backend and the idle sweeper.
+    """
+
+    __tablename__ = "chat_session_events"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    session_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("chat_sessions.id", name="fk_chat_session_events_session"), nullable=False
+    )
+    event: Mapped[str] = mapped_column(String(16), nullable=False)
+    actor_id: Mapped[int | None] = mapped_column(BigInteger)
+    actor_role: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+    __table_args__ = (
+        Index("ix_chat_session_events_session", "session_id", "id"),
+        Index("ix_chat_session_events_event_created", "event", "created_at"),
+        Index("ix_chat_session_events_actor_created", "actor_id", "created_at"),
+        MYSQL_TABLE,
+    )
+
+
+EVENTS = ("opened", "assigned", "closed")
+
+
+class ChatMessageHourly(db.Model):
+    """Messages stored per local hour, role and agent: the message reports read this, never chat_messages.
+
+    The message writer adds each batch's counts in the batch's own transaction, so the counts always equal
+    the messages ever stored (deleting messages later does not change them: they are history). Agents' rows
+    carry their user id; every other sender is counted under sender_id 0 (one row per hour and role).
+    """
+
+    __tablename__ = "chat_message_hourly"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    hour: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    sender_role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    sender_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    messages: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __table_args__ = (MYSQL_TABLE,)
+
 sessions_table = ChatSession.__table__
 messages_table = ChatMessage.__table__
 agents_table = Agent.__table__
+events_table = ChatSessionEvent.__table__
+message_hourly_table = ChatMessageHourly.__table__

@@ -17,7 +17,7 @@ from gevent.lock import BoundedSemaphore
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .models import agents_table, messages_table, sessions_table
+from .models import CLOSE_REASONS, agents_table, events_table, messages_table, sessions_table
 from .records import AgentRecord, MessageRecord, SessionRecord
 
 log = logging.getLogger(__name__)
@@ -140,12 +140,12 @@ class Storage:
                 return existing, False
             try:
                 with self.connect(write=True) as conn:
+                    now = self.now()
                     result = conn.execute(
-                        insert(sessions_table).values(
-                            user_id=user_id, status="active", open_flag=1, created_at=self.now()
-                        )
+                        insert(sessions_table).values(user_id=user_id, status="active", open_flag=1, created_at=now)
                     )
                     session_id = result.inserted_primary_key[0]
+                    self._record_event(conn, session_id, "opened", user_id, "customer", now)
             except IntegrityError:
                 continue
             created = self.get_session(session_id)
@@ -185,17 +185,44 @@ class Storage:
                 .where(and_(sessions_table.c.id == session_id, sessions_table.c.agent_id.is_(None)))
                 .values(agent_id=agent_id)
             )
-        return result.rowcount > 0
+            assigned = result.rowcount > 0
+            if assigned:
+                self._record_event(conn, session_id, "assigned", agent_id, "agent", self.now())
+        return assigned
 
-    def close_session(self, session_id: int, closed_by: int | None) -> tuple[SessionRecord | None, bool]:
-        """Close an open session; (session after the call, whether this call closed it)."""
+    def close_session(
+        self, session_id: int, closed_by: int | None, reason: str = "backend"
+    ) -> tuple[SessionRecord | None, bool]:
+        """Close an open session; (session after the call, whether this call closed it).
+
+        `closed_by` is the user who closed it (None for the backend or the idle sweeper), `reason` one of
+        CLOSE_REASONS: customer, agent, backend, idle.
+        """
+        if reason not in CLOSE_REASONS:
+            raise ValueError(f"close reason must be one of {CLOSE_REASONS}")
         with self.connect(write=True) as conn:
+            now = self.now()
             result = conn.execute(
                 update(sessions_table)
                 .where(and_(sessions_table.c.id == session_id, sessions_table.c.status == "active"))
-                .values(status="closed", open_flag=None, closed_at=self.now())
+                .values(status="closed", open_flag=None, closed_at=now, closed_by=closed_by, close_reason=reason)
             )
-        return self.get_session(session_id), result.rowcount > 0
+            closed = result.rowcount > 0
+            if closed:
+                role = "system" if reason == "idle" else reason
+                self._record_event(conn, session_id, "closed", closed_by, role, now)
+        return self.get_session(session_id), closed
+
+    @staticmethod
+    def _record_event(
+        conn: Connection, session_id: int, event: str, actor_id: int | None, actor_role: str | None, at: datetime
+    ) -> None:
+        """Append to chat_session_events inside the caller's transaction (it commits with the change)."""
+        conn.execute(
+            insert(events_table).values(
+                session_id=session_id, event=event, actor_id=actor_id, actor_role=actor_role, created_at=at
+            )
+        )
 
     # -- messages ---------------------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
 """Group commit for chat messages: many senders, few writers, one multi-row INSERT per transaction.
 
+The same transaction adds the batch to the hourly message counts (one upsert) and, when the batch holds agent
+messages, sets first_response_at of sessions not yet answered (one UPDATE): reports never scan messages.
+
 A sender's greenlet submits its message and waits for the stored record, so one sender never has two
 messages in flight and its order is kept. Writers drain the queue in FIFO order, store up to WRITER_BATCH
 rows in one transaction and hand each sender its id. When a batch fails (a duplicate client_msg_id, a bad
@@ -10,19 +13,75 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import gevent
 from gevent.event import AsyncResult
 from gevent.queue import Empty, Queue
-from sqlalchemy import insert
+from sqlalchemy import and_, case, insert, update
+from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .models import messages_table
+from .models import message_hourly_table, messages_table, sessions_table
 from .queries import Storage, StorageError
 from .records import MessageRecord, NewMessage
 
 log = logging.getLogger(__name__)
+
+ANSWERED_CACHE_SIZE = 100_000
+
+
+def first_agent_reply(messages: list[NewMessage]) -> dict[int, datetime]:
+    """session id -> time of its earliest agent message in this batch."""
+    first: dict[int, datetime] = {}
+    for m in messages:
+        if m.sender_role == "agent" and (m.session_id not in first or m.created_at < first[m.session_id]):
+            first[m.session_id] = m.created_at
+    return first
+
+
+def first_response_update(first: dict[int, datetime]):
+    """One UPDATE for the whole batch: set first_response_at where it is still NULL (the first reply wins)."""
+    column = sessions_table.c.first_response_at
+    if len(first) == 1:
+        ((session_id, at),) = first.items()
+        value = at
+    else:
+        value = case(first, value=sessions_table.c.id)
+    return (
+        update(sessions_table)
+        .where(and_(sessions_table.c.id.in_(list(first)), column.is_(None)))
+        .values(first_response_at=value)
+    )
+
+
+def hourly_counts(messages) -> list[dict]:
+    """The batch's rows of chat_message_hourly (agents by id, customers as 0), in key order (concurrent writers
+    lock rows in one order)."""
+    counts = Counter(
+        (m.created_at.date(), m.created_at.hour, m.sender_role, m.sender_id if m.sender_role == "agent" else 0)
+        for m in messages
+    )
+    return [
+        {"day": day, "hour": hour, "sender_role": role, "sender_id": sender, "messages": n}
+        for (day, hour, role, sender), n in sorted(counts.items())
+    ]
+
+
+def hourly_upsert(dialect_name: str):
+    """INSERT that adds rows to chat_message_hourly; run it with a list of rows (one executemany, compiled once:
+    PyMySQL sends one multi-row INSERT ... ON DUPLICATE KEY UPDATE, SQLite ON CONFLICT DO UPDATE)."""
+    table = message_hourly_table
+    if dialect_name == "sqlite":
+        statement = sqlite.insert(table)
+        return statement.on_conflict_do_update(
+            index_elements=[c.name for c in table.primary_key],
+            set_={"messages": table.c.messages + statement.excluded.messages},
+        )
+    statement = mysql.insert(table)
+    return statement.on_duplicate_key_update(messages=table.c.messages + statement.inserted.messages)
 
 
 class DuplicateMessage(Exception):
@@ -56,6 +115,9 @@ class MessageWriter:
             getattr(dialect, "insert_executemany_returning_sort_by_parameter_order", False)
         )
         self.observe = None  # optional callable(seconds, rows) for metrics
+        # Sessions this worker knows to be answered: their agent messages need no first-response UPDATE.
+        self._answered: set[int] = set()
+        self._hourly = hourly_upsert(dialect.name)
 
     def _ensure_started(self) -> None:
         if not self._writers:
@@ -143,15 +205,26 @@ class MessageWriter:
         pending.result.set_exception(exc)
 
     def _insert(self, messages: list[NewMessage]) -> list[int]:
-        """Insert in one transaction; ids in the order given."""
+        """Insert in one transaction; ids in the order given. Agent replies also mark first responses."""
         rows = [m.as_row() for m in messages]
         with self.storage.connect(write=True) as conn:
             if len(rows) == 1:
-                return [conn.execute(insert(messages_table), rows[0]).inserted_primary_key[0]]
-            if self._returning:
+                ids = [conn.execute(insert(messages_table), rows[0]).inserted_primary_key[0]]
+            elif self._returning:
                 result = conn.execute(
                     insert(messages_table).returning(messages_table.c.id, sort_by_parameter_order=True), rows
                 )
-                return [row[0] for row in result]
-            # No RETURNING (MySQL): still one transaction and one commit for the whole batch.
-            return [conn.execute(insert(messages_table), row).inserted_primary_key[0] for row in rows]
+                ids = [row[0] for row in result]
+            else:
+                # No RETURNING (MySQL): still one transaction and one commit for the whole batch.
+                ids = [conn.execute(insert(messages_table), row).inserted_primary_key[0] for row in rows]
+            first_reply = {k: v for k, v in first_agent_reply(messages).items() if k not in self._answered}
+            if first_reply:
+                conn.execute(first_response_update(first_reply))
+            # Last, so the hour's shared customer row stays locked only for the commit.
+            conn.execute(self._hourly, hourly_counts(messages))
+        if first_reply:
+            if len(self._answered) > ANSWERED_CACHE_SIZE:
+                self._answered.clear()
+            self._answered.update(first_reply)  # committed: every one of them has its first response now
+        return ids

@@ -1,0 +1,73 @@
+"""`report`: the per-agent table of the reporting API, for a range of days, as a table, CSV or JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import click
+
+from ..storage import StorageError
+from . import Context, cli, pass_context
+
+HEADINGS = {
+    "agent_id": "agent",
+    "display_name": "name",
+    "sessions_assigned": "sessions",
+    "sessions_answered": "answered",
+    "sessions_waiting": "waiting",
+    "sessions_closed": "closed",
+    "sessions_abandoned": "abandoned",
+    "frt_avg_seconds": "frt_avg_s",
+    "frt_median_seconds": "frt_median_s",
+    "handling_avg_seconds": "handling_avg_s",
+    "handling_median_seconds": "handling_median_s",
+    "messages": "messages",
+    "open_sessions": "open_now",
+    "open_unanswered": "open_unanswered",
+}
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+@cli.command("report")
+@click.option("--from", "first", metavar="YYYY-MM-DD", help="First day (default: 6 days before --to).")
+@click.option("--to", "last", metavar="YYYY-MM-DD", help="Last day, inclusive (default: today in APP_TIMEZONE).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@pass_context
+def report(ctx: Context, first: str | None, last: str | None, fmt: str) -> None:
+    """Per-agent figures for sessions opened from --from to --to (the numbers of GET /api/reports/agents)."""
+    from ..storage.reports import AGENT_COLUMNS, Reports, parse_range
+
+    storage = ctx.storage
+    try:
+        day_from, day_to = parse_range(first, last, storage.now().date())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--from/--to") from None
+    try:
+        result = Reports(storage).agents(day_from, day_to)
+    except StorageError as exc:
+        raise click.ClickException(f"database unavailable: {exc}") from None
+    rows = result["agents"]
+    if fmt == "json":
+        click.echo(json.dumps(result, ensure_ascii=False, indent=2))
+    elif fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(AGENT_COLUMNS)
+        writer.writerows([["" if row[c] is None else row[c] for c in AGENT_COLUMNS] for row in rows])
+        click.echo(out.getvalue(), nl=False)
+    else:
+        table = [[HEADINGS[c] for c in AGENT_COLUMNS]] + [[_cell(row[c]) for c in AGENT_COLUMNS] for row in rows]
+        widths = [max(len(line[i]) for line in table) for i in range(len(AGENT_COLUMNS))]
+        click.echo(f"agents, sessions opened {result['from']} .. {result['to']} (times in seconds)")
+        for line in table:
+            click.echo("  ".join(cell.rjust(width) if i != 1 else cell.ljust(width)
+                                 for i, (cell, width) in enumerate(zip(line, widths, strict=True))).rstrip())

@@ -1,0 +1,20 @@
+"""Alembic environment: always called from service.storage.schema with an open connection (no alembic.ini)."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from service.storage.models import db
+
+config = context.config
+connection = config.attributes["connection"]
+
+context.configure(
+    connection=connection,
+    target_metadata=db.metadata,
+    render_as_batch=connection.dialect.name == "sqlite",
+    compare_type=True,
+    transaction_per_migration=True,
+)
+with context.begin_transaction():
+    context.run_migrations()
