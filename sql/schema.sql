@@ -6,14 +6,14 @@
 -- Times are naive DATETIMEs in APP_TIMEZONE (the legacy convention). The report views are in reports.sql.
 -- Schema revision: 0002
 
-CREATE TABLE agents (
+CREATE TABLE IF NOT EXISTS agents (
 	user_id BIGINT NOT NULL,
 	display_name VARCHAR(100),
 	created_at DATETIME NOT NULL,
 	PRIMARY KEY (user_id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_unicode_ci;
 
-CREATE TABLE chat_message_hourly (
+CREATE TABLE IF NOT EXISTS chat_message_hourly (
 	day DATE NOT NULL,
 	hour SMALLINT NOT NULL,
 	sender_role VARCHAR(16) NOT NULL,
@@ -22,7 +22,7 @@ CREATE TABLE chat_message_hourly (
 	PRIMARY KEY (day, hour, sender_role, sender_id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_unicode_ci;
 
-CREATE TABLE chat_sessions (
+CREATE TABLE IF NOT EXISTS chat_sessions (
 	id BIGINT NOT NULL AUTO_INCREMENT,
 	user_id BIGINT NOT NULL,
 	agent_id BIGINT,
@@ -35,18 +35,14 @@ CREATE TABLE chat_sessions (
 	close_reason VARCHAR(16),
 	created_day DATE GENERATED ALWAYS AS (DATE(created_at)) VIRTUAL,
 	PRIMARY KEY (id),
-	CONSTRAINT uq_chat_sessions_open_per_user UNIQUE (user_id, open_flag)
+	CONSTRAINT uq_chat_sessions_open_per_user UNIQUE (user_id, open_flag),
+	KEY ix_chat_sessions_agent_status (agent_id, status),
+	KEY ix_chat_sessions_created_at (created_at),
+	KEY ix_chat_sessions_day_agent (created_day, agent_id),
+	KEY ix_chat_sessions_status_id (status, id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_unicode_ci;
 
-CREATE INDEX ix_chat_sessions_agent_status ON chat_sessions (agent_id, status);
-
-CREATE INDEX ix_chat_sessions_created_at ON chat_sessions (created_at);
-
-CREATE INDEX ix_chat_sessions_day_agent ON chat_sessions (created_day, agent_id);
-
-CREATE INDEX ix_chat_sessions_status_id ON chat_sessions (status, id);
-
-CREATE TABLE chat_messages (
+CREATE TABLE IF NOT EXISTS chat_messages (
 	id BIGINT NOT NULL AUTO_INCREMENT,
 	session_id BIGINT NOT NULL,
 	sender_id BIGINT NOT NULL,
@@ -56,16 +52,13 @@ CREATE TABLE chat_messages (
 	created_at DATETIME NOT NULL,
 	PRIMARY KEY (id),
 	CONSTRAINT uq_chat_messages_client_msg UNIQUE (session_id, sender_id, client_msg_id),
-	CONSTRAINT fk_chat_messages_session FOREIGN KEY(session_id) REFERENCES chat_sessions (id)
+	CONSTRAINT fk_chat_messages_session FOREIGN KEY(session_id) REFERENCES chat_sessions (id),
+	KEY ix_chat_messages_created_at (created_at),
+	KEY ix_chat_messages_sender_created (sender_id, created_at),
+	KEY ix_chat_messages_session_id (session_id, id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_unicode_ci;
 
-CREATE INDEX ix_chat_messages_created_at ON chat_messages (created_at);
-
-CREATE INDEX ix_chat_messages_sender_created ON chat_messages (sender_id, created_at);
-
-CREATE INDEX ix_chat_messages_session_id ON chat_messages (session_id, id);
-
-CREATE TABLE chat_session_events (
+CREATE TABLE IF NOT EXISTS chat_session_events (
 	id BIGINT NOT NULL AUTO_INCREMENT,
 	session_id BIGINT NOT NULL,
 	event VARCHAR(16) NOT NULL,
@@ -73,17 +66,14 @@ CREATE TABLE chat_session_events (
 	actor_role VARCHAR(16),
 	created_at DATETIME NOT NULL,
 	PRIMARY KEY (id),
-	CONSTRAINT fk_chat_session_events_session FOREIGN KEY(session_id) REFERENCES chat_sessions (id)
+	CONSTRAINT fk_chat_session_events_session FOREIGN KEY(session_id) REFERENCES chat_sessions (id),
+	KEY ix_chat_session_events_actor_created (actor_id, created_at),
+	KEY ix_chat_session_events_event_created (event, created_at),
+	KEY ix_chat_session_events_session (session_id, id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_unicode_ci;
 
-CREATE INDEX ix_chat_session_events_actor_created ON chat_session_events (actor_id, created_at);
-
-CREATE INDEX ix_chat_session_events_event_created ON chat_session_events (event, created_at);
-
-CREATE INDEX ix_chat_session_events_session ON chat_session_events (session_id, id);
-
-CREATE TABLE alembic_version (
+CREATE TABLE IF NOT EXISTS alembic_version (
 	version_num VARCHAR(32) NOT NULL,
 	CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
-INSERT INTO alembic_version (version_num) VALUES ('0002');
+INSERT IGNORE INTO alembic_version (version_num) VALUES ('0002');

@@ -9,11 +9,11 @@ import pytest
 from conftest import need_mariadb
 from flask import Flask
 from sqlalchemy import Engine, create_engine, inspect, text
-from support import ROOT, base_env, create_mariadb_database, drop_mariadb_database, run_cli
 
 from service.config import load_settings
 from service.storage import SchemaError, init_storage
 from service.storage import schema as schema_module
+from support import ROOT, base_env, create_mariadb_database, drop_mariadb_database, run_cli
 
 pytestmark = pytest.mark.timeout(120)
 

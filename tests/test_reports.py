@@ -13,11 +13,11 @@ import pytest
 from conftest import need_mariadb
 from flask import Flask
 from sqlalchemy import create_engine, text
-from support import Server, base_env, create_mariadb_database, drop_mariadb_database, fresh_id, run_cli
 
 from service.config import load_settings
 from service.storage import MessageWriter, NewMessage, Storage, init_storage
 from service.storage.reports import VIEW_QUESTIONS, Reports, figures, group
+from support import Server, base_env, create_mariadb_database, drop_mariadb_database, fresh_id, run_cli
 
 D, D1 = date(2026, 10, 5), date(2026, 10, 6)
 A1, A2 = 501, 502  # agents

@@ -23,7 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.schema import CreateTable
 
 from .models import db
 
@@ -190,6 +190,20 @@ SCHEMA_HEADER = """\
 """
 
 
+def _create_table_with_keys(table, dialect) -> str:
+    """CREATE TABLE IF NOT EXISTS with the indexes inside, so the file loads twice on MySQL 8 and MariaDB
+    alike (MySQL has no CREATE INDEX IF NOT EXISTS)."""
+    ddl = str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)).strip()
+    head, _, tail = ddl.rpartition("\n)")
+    keys = []
+    for index in sorted(table.indexes, key=lambda i: i.name or ""):
+        columns = ", ".join(str(expr.compile(dialect=dialect)) if not hasattr(expr, "name") else expr.name
+                            for expr in index.expressions)
+        keys.append(f"\t{'UNIQUE KEY' if index.unique else 'KEY'} {index.name} ({columns})")
+    body = head + "".join(f",\n{key}" for key in keys)
+    return body + "\n)" + tail + ";\n"
+
+
 def schema_ddl() -> str:
     """The models as MySQL DDL, with the alembic_version row of the head revision."""
     from sqlalchemy.dialects import mysql
@@ -198,12 +212,10 @@ def schema_ddl() -> str:
     head = head_revision()
     parts = [SCHEMA_HEADER.format(head=head)]
     for table in db.metadata.sorted_tables:
-        parts.append(str(CreateTable(table).compile(dialect=dialect)).strip() + ";\n")
-        for index in sorted(table.indexes, key=lambda i: i.name or ""):
-            parts.append(str(CreateIndex(index).compile(dialect=dialect)).strip() + ";\n")
+        parts.append(_create_table_with_keys(table, dialect))
     parts.append(
-        "CREATE TABLE alembic_version (\n\tversion_num VARCHAR(32) NOT NULL,\n"
+        "CREATE TABLE IF NOT EXISTS alembic_version (\n\tversion_num VARCHAR(32) NOT NULL,\n"
         "\tCONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)\n);\n"
-        f"INSERT INTO alembic_version (version_num) VALUES ('{head}');\n"
+        f"INSERT IGNORE INTO alembic_version (version_num) VALUES ('{head}');\n"
     )
     return "\n".join(line.rstrip() for line in "\n".join(parts).splitlines()) + "\n"
