@@ -30,6 +30,7 @@ class Connection(ConnectionState):
             connection_id=hub.new_connection_id(),
             bucket=TokenBucket(settings.rate_limit, settings.rate_burst),
             remote_addr=remote_addr,
+            signals=TokenBucket(settings.rate_limit, settings.rate_burst),
         )
         self.hub = hub
         self.ws = ws
@@ -130,6 +131,7 @@ class Connection(ConnectionState):
                 gevent.sleep(0)
         finally:
             hub.registry.remove(self)
+            hub.typing.connection_gone(self.connection_id)
             if hub.metrics is not None:
                 hub.metrics.connection_closed()
             if not self.ws.closed:
