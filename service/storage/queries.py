@@ -284,15 +284,20 @@ class Storage:
 
         The count is a subquery per session whose bounds are constants (session id, pointer), so each is a
         range scan of the (session_id, id) index from the pointer on, not a scan of the whole history.
+        MariaDB otherwise prefers walking every entry of the session in the covering client_msg_id key
+        (measured: 8.8 ms vs 3.0 ms for 2 unread among 40,000), hence the hint; SQLite picks the range itself.
         """
         if not session_ids:
             return {}
         s, m, r = sessions_table, messages_table, read_states_table
         pointer = func.coalesce(r.c.last_read_message_id, 0)
+        hint = "FORCE INDEX (ix_chat_messages_session_id)"
         unread = (
             select(func.count())
             .select_from(m)
             .where(and_(m.c.session_id == s.c.id, m.c.id > pointer, m.c.sender_id != user_id))
+            .with_hint(m, hint, "mysql")
+            .with_hint(m, hint, "mariadb")
             .scalar_subquery()
         )
         query = (
