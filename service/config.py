@@ -190,6 +190,9 @@ class Settings:
         "WEBSOCKET_ECHO_PATH", "", _echo_path, "Diagnostics echo endpoint (e.g. /echo); keep empty in production."
     )
     replay_limit: int = setting("REPLAY_LIMIT", "1000", _int(1, 100_000), "Messages replayed on join at most.")
+    typing_timeout: float = setting(
+        "TYPING_TIMEOUT", "5", _float(0.1, 300), "Seconds after a typing start with no stop before the server stops it."
+    )
     graceful_timeout: float = setting(
         "GRACEFUL_TIMEOUT", "10", _float(1, 3600), "Seconds a stopping worker gets to finish."
     )

@@ -32,6 +32,7 @@ class Problem(Enum):
     INVALID_PARAMETER = ("invalid_parameter", "参数无效", 400)
     RATE_LIMITED = ("rate_limited", "发送过于频繁", 429)
     SESSION_NOT_FOUND = ("session_not_found", "会话不存在", 404)
+    MESSAGE_NOT_FOUND = ("message_not_found", "消息不存在", 404)
     FORBIDDEN = ("forbidden", "无权访问该会话", 403)
     AGENTS_ONLY = ("agents_only", "仅限客服", 403)
     SESSION_CLOSED = ("session_closed", "会话已关闭", 409)

@@ -4,7 +4,7 @@
 -- revision (service/storage/migrations/versions/), regenerate this file.
 --
 -- Times are naive DATETIMEs in APP_TIMEZONE (the legacy convention). The report views are in reports.sql.
--- Schema revision: 0002
+-- Schema revision: 0003
 
 CREATE TABLE IF NOT EXISTS agents (
 	user_id BIGINT NOT NULL,
@@ -58,6 +58,15 @@ CREATE TABLE IF NOT EXISTS chat_messages (
 	KEY ix_chat_messages_session_id (session_id, id)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_unicode_ci;
 
+CREATE TABLE IF NOT EXISTS chat_read_states (
+	session_id BIGINT NOT NULL,
+	user_id BIGINT NOT NULL,
+	last_read_message_id BIGINT NOT NULL,
+	updated_at DATETIME NOT NULL,
+	PRIMARY KEY (session_id, user_id),
+	CONSTRAINT fk_chat_read_states_session FOREIGN KEY(session_id) REFERENCES chat_sessions (id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_unicode_ci;
+
 CREATE TABLE IF NOT EXISTS chat_session_events (
 	id BIGINT NOT NULL AUTO_INCREMENT,
 	session_id BIGINT NOT NULL,
@@ -76,4 +85,4 @@ CREATE TABLE IF NOT EXISTS alembic_version (
 	version_num VARCHAR(32) NOT NULL,
 	CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
-INSERT IGNORE INTO alembic_version (version_num) VALUES ('0002');
+INSERT IGNORE INTO alembic_version (version_num) VALUES ('0003');

@@ -17,6 +17,8 @@ from support import ROOT, base_env, create_mariadb_database, drop_mariadb_databa
 
 pytestmark = pytest.mark.timeout(120)
 
+HEAD = schema_module.head_revision()
+
 
 @pytest.fixture(params=["sqlite", "mariadb"])
 def new_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
@@ -96,14 +98,14 @@ def build_from_schema_sql(url: str) -> None:
 def test_upgrade_from_empty_builds_the_schema_of_the_models_and_schema_sql(new_database) -> None:
     """`db upgrade` on an empty database equals the models' create_all and (MariaDB) sql/schema.sql, at head."""
     upgraded, from_models = new_database(), new_database()
-    assert "upgraded database from revision empty to 0002" in cli(upgraded, "db", "upgrade")
+    assert f"upgraded database from revision empty to {HEAD}" in cli(upgraded, "db", "upgrade")
     build_from_models(from_models)
     assert shape(engine_of(upgraded)) == shape(engine_of(from_models))
     if new_database.backend == "mariadb":
         from_sql = new_database()
         build_from_schema_sql(from_sql)
         assert shape(engine_of(upgraded)) == shape(engine_of(from_sql))
-    assert "database: 0002" in cli(upgraded, "db", "current")
+    assert f"database: {HEAD}" in cli(upgraded, "db", "current")
 
 
 def test_schema_sql_is_what_the_models_generate() -> None:
@@ -147,7 +149,7 @@ def test_upgrade_from_the_first_release_keeps_every_row(new_database, versioned:
         init_storage(Flask("t"), settings)  # the server refuses an old schema instead of half-working on it
 
     out = cli(url, "db", "upgrade")
-    assert "to 0002" in out
+    assert f"to {HEAD}" in out
     build_from_models(from_models)
     assert shape(engine_of(url)) == shape(engine_of(from_models))
 
@@ -179,9 +181,9 @@ def test_downgrade_to_the_first_release_and_back_keeps_its_rows(new_database) ->
     url = new_database()
     first_release_database(url, versioned=True)
     engine = engine_of(url)
-    assert schema_module.upgrade(engine) == ("0001", "0002")
-    assert schema_module.downgrade(engine, "0001") == ("0002", "0001")
-    assert schema_module.upgrade(engine) == ("0001", "0002")
+    assert schema_module.upgrade(engine) == ("0001", HEAD)
+    assert schema_module.downgrade(engine, "0001") == (HEAD, "0001")
+    assert schema_module.upgrade(engine) == ("0001", HEAD)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM chat_messages")).scalar() == 4
         assert conn.execute(text("SELECT COUNT(*) FROM chat_sessions")).scalar() == 2
@@ -206,7 +208,7 @@ def test_the_server_refuses_to_start_on_an_old_schema(server_factory, tmp_path: 
     """gunicorn exits (Worker failed to boot) saying to run `db upgrade` when the database is behind."""
     url = f"sqlite:///{tmp_path}/old.db"
     first_release_database(url, versioned=True)
-    with pytest.raises(RuntimeError, match=r"revision 0001 and this version needs 0002: run `python -m service db "
+    with pytest.raises(RuntimeError, match=rf"revision 0001 and this version needs {HEAD}: run `python -m service db "
                                            r"upgrade`") as failure:
         server_factory(database_url=url)
     assert "server exited with 3" in str(failure.value)

@@ -85,7 +85,10 @@ def list_sessions():
     before_id = int_arg("before_id", 0, 0, 2**63 - 1) or None
     only_user = None if identity.is_agent else identity.user_id
     sessions = storage_call(hub().storage.list_sessions, status, only_user, limit, before_id)
-    return jsonify({"sessions": [s.to_wire() for s in sessions]})
+    if identity.backend:  # the trusted backend reads nothing: it has no read pointer
+        return jsonify({"sessions": [s.to_wire() for s in sessions]})
+    unread = storage_call(hub().storage.unread_counts, identity.user_id, [s.id for s in sessions])
+    return jsonify({"sessions": [{**s.to_wire(), "unread_count": unread.get(s.id, 0)} for s in sessions]})
 
 
 @bp.get("/sessions/<raw_id>")

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask, Response, request
 
 from ..config import Settings
+from . import activity as _activity  # noqa: F401  (read and typing handlers)
 from . import handlers as _handlers  # noqa: F401  (fills the handler table)
 from .connection import Connection
 from .hub import ChatHub

@@ -31,6 +31,7 @@ class Connection(ConnectionState):
             bucket=TokenBucket(settings.rate_limit, settings.rate_burst),
             remote_addr=remote_addr,
             frames=TokenBucket.for_frames(settings.rate_limit, settings.rate_burst),
+            signals=TokenBucket(settings.rate_limit, settings.rate_burst),
         )
         self.hub = hub
         self.ws = ws
@@ -142,6 +143,7 @@ class Connection(ConnectionState):
                 gevent.sleep(0)
         finally:
             hub.registry.remove(self)
+            hub.typing.connection_gone(self.connection_id)
             if hub.metrics is not None:
                 hub.metrics.connection_closed()
             if not self.ws.closed:

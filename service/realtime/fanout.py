@@ -94,7 +94,9 @@ class Fanout:
     def _deliver(self, event: Event) -> int:
         if self.on_event is not None:
             self.on_event(event)
-        count = self.registry.deliver(event.session_id, event.text, include=event.include, exclude=event.exclude)
+        count = self.registry.deliver(
+            event.session_id, event.text, include=event.include, exclude=event.exclude, message_id=event.message_id
+        )
         if self.on_delivered is not None:
             self.on_delivered(event, count)
         return count

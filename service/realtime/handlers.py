@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..auth import id_is_missing, parse_id
 from ..errors import Problem, Refused
 from .protocol import ConnectionState, Reply, handler, require_identity, take_token
+from .recovery import join_with_replay, replay_after
 
 if TYPE_CHECKING:
     from .hub import ChatHub
@@ -36,9 +37,14 @@ def auth(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -> list[R
 
 @handler("join_session")
 def join_session(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -> list[Reply]:
+    """Join a session's room; with `last_message_id`, replay what the client missed first (recovery.py)."""
     identity = require_identity(conn)
     session_id = parse_id(message.get("session_id"), Problem.MISSING_SESSION_ID, Problem.INVALID_SESSION_ID)
+    after_id = replay_after(message.get("last_message_id"))
     session = ctx.authorize(identity, session_id)
+    if after_id is not None:
+        ctx.claim_for_agent(identity, session)
+        return join_with_replay(ctx, conn, session, after_id)
     ctx.registry.join(conn, session_id)
     ctx.claim_for_agent(identity, session)
     log.info("joined", extra={"connection_id": conn.connection_id, "user_id": identity.user_id,
@@ -92,4 +98,5 @@ def send_message(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -
     if duplicate:
         # Only the sender hears of a repeat, with the original message.
         return [{"type": "new_message", "session_id": session_id, "message": stored.to_wire(), "duplicate": True}]
+    ctx.typing.stop(conn.connection_id, session_id)  # a sent message ends the sender's typing notice
     return []

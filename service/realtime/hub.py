@@ -20,6 +20,7 @@ from ..auth import Identity, session_access
 from ..config import Settings
 from ..errors import Problem, Refused
 from ..storage import DuplicateMessage, MessageRecord, MessageWriter, NewMessage, SessionRecord, Storage, StorageError
+from .activity import TypingNotices
 from .fanout import Event, Fanout
 from .protocol import encode
 from .registry import Registry
@@ -56,6 +57,7 @@ class ChatHub:
         self.writer = writer
         self.metrics = metrics
         self.node_id = fanout.node_id
+        self.typing = TypingNotices(fanout, settings.typing_timeout)
         self._sequence = itertools.count(1)
         self._sessions: dict[int, tuple[SessionRecord, float]] = {}
         self.started_at = time.time()

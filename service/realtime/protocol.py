@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -113,9 +115,17 @@ class TokenBucket:
         return False
 
 
+MAX_HELD_EVENTS = 2000
+
+
 @dataclass(eq=False)
 class ConnectionState:
-    """What the protocol knows about one connection; the socket edge (Connection) extends it."""
+    """What the protocol knows about one connection; the socket edge (Connection) extends it.
+
+    `bucket` limits sends; `signals` limits typing and read notices, so they never eat the send budget.
+    `held` is not None while a join replays history: room events wait there, in order, until the
+    replayed frames are queued (see recovery.py).
+    """
 
     connection_id: str
     identity: Identity | None = None
@@ -123,6 +133,11 @@ class ConnectionState:
     bucket: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
     remote_addr: str = ""
     frames: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
+    signals: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
+    held: list[tuple[str, int | None]] | None = None
+    held_overflow: bool = False
+    replayed: array[int] | None = None
+    replayed_until: float = 0.0
 
     @property
     def user_id(self) -> int | None:
@@ -130,6 +145,52 @@ class ConnectionState:
 
     def send_text(self, text: str) -> bool:  # overridden by the socket edge
         return False
+
+    def close(self, code: int = 1000, reason: str = "") -> None:  # overridden by the socket edge
+        pass
+
+    def send_event(self, text: str, message_id: int | None = None) -> bool:
+        """A frame for this connection's room (`message_id` for new_message): queued, or held during a replay.
+
+        A message this connection was just sent by a replay is dropped: it may be published after the replay
+        read it from the table (its sender had stored it but not yet published it).
+        """
+        if message_id is not None and self.replayed is not None and self._was_replayed(message_id):
+            return True
+        held = self.held
+        if held is None:
+            return self.send_text(text)
+        if len(held) >= MAX_HELD_EVENTS:
+            self.held_overflow = True
+            return False
+        held.append((text, message_id))
+        return True
+
+    def hold_events(self) -> None:
+        """From now on room events wait in `held` until `release_events`."""
+        self.held = []
+        self.held_overflow = False
+
+    def remember_replayed(self, ids: list[int], seconds: float) -> None:
+        """Drop live copies of these (ascending) message ids for the next `seconds`."""
+        self.replayed = array("q", ids) if ids else None
+        self.replayed_until = time.monotonic() + seconds
+
+    def _was_replayed(self, message_id: int) -> bool:
+        replayed = self.replayed
+        assert replayed is not None
+        if time.monotonic() > self.replayed_until:
+            self.replayed = None
+            return False
+        index = bisect_left(replayed, message_id)
+        return index < len(replayed) and replayed[index] == message_id
+
+    def release_events(self) -> tuple[list[tuple[str, int | None]], bool]:
+        """Stop holding; (the held events in arrival order, whether some were dropped for lack of room)."""
+        held, overflow = self.held or [], self.held_overflow
+        self.held = None
+        self.held_overflow = False
+        return held, overflow
 
 
 def dispatch(ctx: ChatHub, conn: ConnectionState, raw: str | bytes) -> list[Reply]:

@@ -19,6 +19,8 @@ class Member(Protocol):
 
     def send_text(self, text: str) -> bool: ...
 
+    def send_event(self, text: str, message_id: int | None = None) -> bool: ...
+
 
 class Registry:
     def __init__(self) -> None:
@@ -68,9 +70,17 @@ class Registry:
     def connections(self) -> tuple[Member, ...]:
         return tuple(self._connections.values())
 
-    def deliver(self, session_id: int, text: str, include: str | None = None, exclude: str | None = None) -> int:
+    def deliver(
+        self,
+        session_id: int,
+        text: str,
+        include: str | None = None,
+        exclude: str | None = None,
+        message_id: int | None = None,
+    ) -> int:
         """Send `text` to the room, plus connection `include` if it lives here and is not in the room.
 
+        `message_id` (a new_message's id) lets a connection that is replaying history skip what it replayed.
         Returns how many connections were handed the frame.
         """
         targets: Iterable[Member] = self.members(session_id)
@@ -81,11 +91,11 @@ class Registry:
                 continue
             if conn.connection_id == include:
                 included_in_room = True
-            sent += conn.send_text(text)
+            sent += conn.send_event(text, message_id)
         if include is not None and not included_in_room:
             extra = self._connections.get(include)
             if extra is not None and extra.connection_id != exclude:
-                sent += extra.send_text(text)
+                sent += extra.send_event(text, message_id)
         return sent
 
     def stats(self) -> dict[str, int]:

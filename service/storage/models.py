@@ -156,8 +156,28 @@ class ChatMessageHourly(db.Model):
 
     __table_args__ = (MYSQL_TABLE,)
 
+
+class ChatReadState(db.Model):
+    """How far one user has read one session: the id of the newest message they have seen.
+
+    Only ever moves forward (the queries enforce it); unread = messages after it not sent by the user.
+    """
+
+    __tablename__ = "chat_read_states"
+
+    session_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("chat_sessions.id", name="fk_chat_read_states_session"), primary_key=True, autoincrement=False
+    )
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    last_read_message_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+    __table_args__ = MYSQL_TABLE
+
+
 sessions_table = ChatSession.__table__
 messages_table = ChatMessage.__table__
 agents_table = Agent.__table__
 events_table = ChatSessionEvent.__table__
 message_hourly_table = ChatMessageHourly.__table__
+read_states_table = ChatReadState.__table__

@@ -17,7 +17,7 @@ from gevent.lock import BoundedSemaphore
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .models import CLOSE_REASONS, agents_table, events_table, messages_table, sessions_table
+from .models import CLOSE_REASONS, agents_table, events_table, messages_table, read_states_table, sessions_table
 from .records import AgentRecord, MessageRecord, SessionRecord
 
 log = logging.getLogger(__name__)
@@ -255,3 +255,89 @@ class Storage:
             return conn.execute(
                 select(func.count()).select_from(messages_table).where(messages_table.c.session_id == session_id)
             ).scalar_one()
+
+    # -- read state -------------------------------------------------------------------------------
+
+    def message_in_session(self, session_id: int, message_id: int) -> bool:
+        with self.connect() as conn:
+            row = conn.execute(
+                select(messages_table.c.id).where(
+                    and_(messages_table.c.id == message_id, messages_table.c.session_id == session_id)
+                )
+            ).first()
+        return row is not None
+
+    def read_pointer(self, session_id: int, user_id: int) -> int | None:
+        table = read_states_table
+        with self.connect() as conn:
+            return conn.execute(
+                select(table.c.last_read_message_id).where(
+                    and_(table.c.session_id == session_id, table.c.user_id == user_id)
+                )
+            ).scalar()
+
+    def mark_read(self, session_id: int, user_id: int, message_id: int) -> tuple[int, bool]:
+        """Move the user's read pointer up to `message_id`; (pointer after the call, whether this call moved it).
+
+        Monotonic in SQL on every database: the UPDATE matches only a pointer below `message_id`, so it sets
+        max(old, new); the first pointer is an INSERT made unique by the primary key. A racer that loses the
+        INSERT, or sees a smaller pointer appear, goes round again, so concurrent workers never lose a move.
+        """
+        table = read_states_table
+        key = and_(table.c.session_id == session_id, table.c.user_id == user_id)
+        for _attempt in range(5):
+            with self.connect(write=True) as conn:
+                moved = conn.execute(
+                    update(table)
+                    .where(and_(key, table.c.last_read_message_id < message_id))
+                    .values(last_read_message_id=message_id, updated_at=self.now())
+                ).rowcount
+            if moved:
+                return message_id, True
+            current = self.read_pointer(session_id, user_id)
+            if current is not None and current >= message_id:
+                return current, False
+            if current is None:
+                try:
+                    with self.connect(write=True) as conn:
+                        conn.execute(
+                            insert(table).values(
+                                session_id=session_id,
+                                user_id=user_id,
+                                last_read_message_id=message_id,
+                                updated_at=self.now(),
+                            )
+                        )
+                except IntegrityError:
+                    continue
+                return message_id, True
+        raise StorageError("read pointer kept changing")
+
+    def unread_counts(self, user_id: int, session_ids: list[int]) -> dict[int, int]:
+        """Per session: messages after the user's read pointer that someone else sent. One query.
+
+        The count is a subquery per session whose bounds are constants (session id, pointer), so each is a
+        range scan of the (session_id, id) index from the pointer on, not a scan of the whole history.
+        MariaDB otherwise prefers walking every entry of the session in the covering client_msg_id key
+        (measured: 8.8 ms vs 3.0 ms for 2 unread among 40,000), hence the hint; SQLite picks the range itself.
+        """
+        if not session_ids:
+            return {}
+        s, m, r = sessions_table, messages_table, read_states_table
+        pointer = func.coalesce(r.c.last_read_message_id, 0)
+        hint = "FORCE INDEX (ix_chat_messages_session_id)"
+        unread = (
+            select(func.count())
+            .select_from(m)
+            .where(and_(m.c.session_id == s.c.id, m.c.id > pointer, m.c.sender_id != user_id))
+            .with_hint(m, hint, "mysql")
+            .with_hint(m, hint, "mariadb")
+            .scalar_subquery()
+        )
+        query = (
+            select(s.c.id, unread)
+            .select_from(s.outerjoin(r, and_(r.c.session_id == s.c.id, r.c.user_id == user_id)))
+            .where(s.c.id.in_(session_ids))
+        )
+        with self.connect() as conn:
+            return {row[0]: int(row[1]) for row in conn.execute(query).all()}
