@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -83,11 +84,15 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
             "LOG_LEVEL": "info",
             "GRACEFUL_TIMEOUT": 5,
         }
+        database_url = database_url or f"sqlite:///{directory}/chat.db"
+        # Servers on one database share a Redis channel; servers on different databases (whose session ids
+        # overlap) must not hear each other.
+        defaults["REDIS_CHANNEL_PREFIX"] = "test-" + hashlib.sha1(database_url.encode()).hexdigest()[:12]
         env = base_env(
             WEBSOCKET_HOST="127.0.0.1",
             WEBSOCKET_PORT=port,
             WEBSOCKET_WORKER_COUNT=workers,
-            DATABASE_URL=database_url or f"sqlite:///{directory}/chat.db",
+            DATABASE_URL=database_url,
             **{**defaults, **settings},
         )
         server = Server(port=port, env=env, log_path=directory / "server.log")

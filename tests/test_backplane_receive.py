@@ -24,6 +24,9 @@ class Member:
         self.frames.append(text)
         return True
 
+    def send_event(self, text: str, message_id: int | None = None) -> bool:
+        return self.send_text(text)
+
     def __hash__(self) -> int:
         return id(self)
 

@@ -23,7 +23,7 @@ from service.realtime.hub import ChatHub
 from service.realtime.protocol import ConnectionState, TokenBucket, dispatch
 from service.realtime.registry import Registry
 from service.storage import MessageWriter, Storage
-from service.storage import create_missing_tables as _create_tables
+from service.storage import prepare_for_serving as _create_tables
 from support import ROOT, fresh_id
 
 MISSING_USER, INVALID_USER = "缺少用户ID", "用户ID无效"

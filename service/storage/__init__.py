@@ -29,6 +29,7 @@ __all__ = [
     "db",
     "engine_options",
     "init_storage",
+    "prepare_for_serving",
 ]
 
 log = logging.getLogger(__name__)
