@@ -52,6 +52,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--in-flight", type=int, help="fairness/stack: messages each client keeps outstanding")
     p.add_argument("--servers", default="service,gevent,websockets,trivial",
                    help="stack: comma list of service, gevent (b), websockets (c), trivial (generator ceiling)")
+    p.add_argument("--profile", metavar="DIR", help="py-spy the workers during the measured interval into DIR")
     p.add_argument("--json", help="append result rows to this JSON-lines file")
     p.add_argument("-v", "--verbose", action="store_true", help="print every run and ramp step")
     opts = p.parse_args(argv)

@@ -82,9 +82,10 @@ class Peer:
         self.on_own: Callable[[], None] | None = None  # closed loop: called when our own message comes back
         self.chat = True
 
-    async def open(self, host: str, port: int, path: str = "/") -> Peer:
+    async def open(self, host: str, port: int, path: str = "/", greeted: bool = True) -> Peer:
+        """Connect; the chat route greets with `connected`, echo servers say nothing first."""
         self.ws = await connect(host, port, path, self._setup_message)
-        if path == "/":
+        if greeted:
             await self.expect(b"connected")
         return self
 
@@ -206,7 +207,7 @@ async def paced(senders: list[Peer], rate: float, seconds: float, tally: Tally) 
         for _ in range(due):
             senders[i].send()
             i = i + 1 if i + 1 < n else 0
-        await asyncio.sleep(0.0005)
+        await asyncio.sleep(0.001)
     tally.stopped = perf_ns()
 
 

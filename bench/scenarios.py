@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlparse
 
 from .load import CpuClock, Peer, Tally, closed_loop, drain, gather_bounded, paced
+from .profile import Recorder
 from .services import ROOT, ChatService, Process, pinned, start_baseline
 
 AGENT_ID = 900_000_001
@@ -179,9 +180,11 @@ async def latency(opts: Namespace) -> list[dict]:
             await drain(warm, 3.0)
             tally = measure_all(customers + agents)
             cpu = CpuClock(t.workers())
+            recorder = Recorder(opts.profile, "latency", [p.pid for p in t.workers()], opts.duration)
             await paced(customers, opts.rate, opts.duration, tally)
             await drain(tally, 5.0)
             row = {**tally.summary(opts.rate), **cpu.read()}
+            await asyncio.to_thread(recorder.wait)
             close_all(customers + agents)
             return row
 
@@ -248,7 +251,7 @@ async def idle(opts: Namespace) -> list[dict]:
 
 async def echo_clients(host: str, port: int, path: str, n: int) -> list[Peer]:
     peers = [Peer(i) for i in range(n)]
-    await gather_bounded([p.open(host, port, path) for p in peers])
+    await gather_bounded([p.open(host, port, path, greeted=False) for p in peers])
     return peers
 
 
@@ -258,15 +261,19 @@ async def chat_alone(t: Target, n: int) -> list[Peer]:
     return customers
 
 
-async def closed(peers: list[Peer], chat: bool, in_flight: int, seconds: float, workers=()) -> dict:
+async def closed(peers: list[Peer], chat: bool, in_flight: int, seconds: float, workers=(), profile: str | None = None,
+                 label: str = "") -> dict:
     warm = measure_all(peers, chat)
     await closed_loop(peers, in_flight, 1.0, warm)
     await drain(warm, 5.0)
     tally = measure_all(peers, chat)
     cpu = CpuClock(workers)
+    recorder = Recorder(profile, label, [p.pid for p in workers], seconds)
     await closed_loop(peers, in_flight, seconds, tally)
     await drain(tally, 5.0)
-    return {"clients": len(peers), "in_flight": in_flight, **tally.summary(), **cpu.read()}
+    row = {"clients": len(peers), "in_flight": in_flight, **tally.summary(), **cpu.read()}
+    await asyncio.to_thread(recorder.wait)
+    return row
 
 
 async def fairness(opts: Namespace) -> list[dict]:
@@ -280,7 +287,8 @@ async def fairness(opts: Namespace) -> list[dict]:
                     peers = await echo_clients(t.host, t.port, "/echo", opts.clients)
                 else:
                     peers = await chat_alone(t, opts.clients)
-                row = await closed(peers, path == "chat", opts.in_flight, opts.duration, t.workers())
+                row = await closed(peers, path == "chat", opts.in_flight, opts.duration, t.workers(), opts.profile,
+                                   f"fairness-{path}")
                 close_all(peers)
                 return row
 
@@ -297,12 +305,14 @@ async def stack(opts: Namespace) -> list[dict]:
             if kind == "service":
                 async with target(opts) as t:
                     peers = await echo_clients(t.host, t.port, "/echo", opts.clients)
-                    row = await closed(peers, False, opts.in_flight, opts.duration, t.workers())
+                    row = await closed(peers, False, opts.in_flight, opts.duration, t.workers(), opts.profile, "stack")
             else:
                 server = await asyncio.to_thread(start_baseline, kind, opts.server_cpus)
+                # The ceiling is measured with a deep pipeline, so that the generator, not the round trip, limits.
+                in_flight = max(opts.in_flight, 16) if kind == "trivial" else opts.in_flight
                 try:
                     peers = await echo_clients("127.0.0.1", server.port, "/", opts.clients)
-                    row = await closed(peers, False, opts.in_flight, opts.duration, server.workers())
+                    row = await closed(peers, False, in_flight, opts.duration, server.workers())
                 finally:
                     await asyncio.to_thread(server.stop)
             close_all(peers)
