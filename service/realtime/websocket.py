@@ -21,6 +21,7 @@ from typing import Any
 
 import gevent
 from gevent.lock import RLock
+from gevent.socket import socket as GeventSocket
 from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Stream, WebSocket
 
@@ -80,7 +81,8 @@ class FrameRefused(Exception):
 class ChatWebSocket(WebSocket):
     """A server-side WebSocket that enforces RFC 6455 and never interleaves frames."""
 
-    __slots__ = ("max_message_bytes", "send_lock", "close_code", "close_reason", "_close_sent", "_socket")
+    __slots__ = ("max_message_bytes", "send_lock", "close_code", "close_reason", "_close_sent", "_socket", "_raw",
+                 "_tail")
 
     def __init__(self, environ: dict, stream: Stream, handler: WebSocketHandler, max_message_bytes: int) -> None:
         super().__init__(environ, stream, handler)
@@ -90,6 +92,10 @@ class ChatWebSocket(WebSocket):
         self.close_reason = ""
         self._close_sent = False
         self._socket = handler.socket
+        # The OS socket under a plain (not TLS) gevent socket: gevent keeps it non-blocking, so a send on it
+        # takes what fits in the kernel buffer and never waits.
+        self._raw = handler.socket._sock if type(handler.socket) is GeventSocket else None
+        self._tail = b""  # the unsent end of a frame written without waiting; goes out before anything else
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -220,7 +226,43 @@ class ChatWebSocket(WebSocket):
                 raise ConnectionResetError("connection is closing")
             if opcode == OP_CLOSE:
                 self._close_sent = True
+            if self._tail:
+                frame, self._tail = self._tail + frame, b""
             self.raw_write(frame)
+
+    def send_text_nowait(self, text: str) -> bool:
+        """Write a text frame now if that needs no waiting; False when the caller must queue it instead.
+
+        What the kernel does not take at once is kept in `pending_tail` and goes out first on the next
+        write (`flush_tail` or any send), so frames stay whole and in order. Saves a writer greenlet per
+        outbound burst on the common path, where the socket buffer has room.
+        """
+        if self._raw is None or self._tail or not self.send_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._close_sent:
+                raise ConnectionResetError("connection is closing")
+            frame = encode_frame(OP_TEXT, text.encode("utf-8"))
+            try:
+                sent = self._raw.send(frame)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(frame):
+                self._tail = frame[sent:]
+            return True
+        finally:
+            self.send_lock.release()
+
+    @property
+    def pending_tail(self) -> bool:
+        return bool(self._tail)
+
+    def flush_tail(self) -> None:
+        """Write the rest of a frame `send_text_nowait` could not finish (may wait; the writer greenlet calls it)."""
+        with self.send_lock:
+            if self._tail:
+                tail, self._tail = self._tail, b""
+                self.raw_write(tail)
 
     def send_text(self, text: str) -> None:
         self.send_frame(text.encode("utf-8"), OP_TEXT)
