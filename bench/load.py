@@ -260,6 +260,17 @@ class CpuClock:
     def read(self) -> dict[str, float]:
         wall = max(1e-9, time.monotonic() - self.t0)
         out = {"generator_cpu_pct": round(100 * (self._self() - self.self0) / wall, 1)}
+        total = 0.0
         for i, p in enumerate(self.processes):
-            out[f"cpu{i}_pct"] = round(100 * (self._cpu(p) - self.others0[i]) / wall, 1)
+            used = self._cpu(p) - self.others0[i]
+            total += used
+            out[f"worker{i}_cpu_pct"] = round(100 * used / wall, 1)
+        out["server_cpu_s"] = round(total, 3)
         return out
+
+
+def per_message(row: dict) -> dict:
+    """Server CPU microseconds per message sent: steadier than msg/s on a shared machine."""
+    if row.get("sent") and "server_cpu_s" in row:
+        row["server_us_per_msg"] = round(row["server_cpu_s"] * 1e6 / row["sent"], 1)
+    return row

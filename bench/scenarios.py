@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import urlparse
 
-from .load import CpuClock, Peer, Tally, closed_loop, drain, gather_bounded, paced
+from .load import CpuClock, Peer, Tally, closed_loop, drain, gather_bounded, paced, per_message
 from .profile import Recorder
 from .services import ROOT, ChatService, Process, pinned, start_baseline
 
@@ -150,7 +150,7 @@ async def throughput(opts: Namespace) -> list[dict]:
                 cpu = CpuClock(t.workers())
                 await paced(customers, rate, opts.duration, tally)
                 await drain(tally, 3.0)
-                step = {**tally.summary(rate), **cpu.read()}
+                step = per_message({**tally.summary(rate), **cpu.read()})
                 last = step
                 if opts.verbose:
                     print(f"    step {rate:.0f}/s: {step}", file=sys.stderr)
@@ -183,7 +183,7 @@ async def latency(opts: Namespace) -> list[dict]:
             recorder = Recorder(opts.profile, "latency", [p.pid for p in t.workers()], opts.duration)
             await paced(customers, opts.rate, opts.duration, tally)
             await drain(tally, 5.0)
-            row = {**tally.summary(opts.rate), **cpu.read()}
+            row = per_message({**tally.summary(opts.rate), **cpu.read()})
             await asyncio.to_thread(recorder.wait)
             close_all(customers + agents)
             return row
@@ -204,7 +204,7 @@ async def fanout(opts: Namespace) -> list[dict]:
             cpu = CpuClock(t.workers())
             await paced(customers, opts.rate, opts.duration, tally)
             await drain(tally, 5.0)
-            row = {"agents": opts.agents, **tally.summary(opts.rate), **cpu.read()}
+            row = per_message({"agents": opts.agents, **tally.summary(opts.rate), **cpu.read()})
             close_all(customers + agents)
             return row
 
@@ -271,7 +271,7 @@ async def closed(peers: list[Peer], chat: bool, in_flight: int, seconds: float, 
     recorder = Recorder(profile, label, [p.pid for p in workers], seconds)
     await closed_loop(peers, in_flight, seconds, tally)
     await drain(tally, 5.0)
-    row = {"clients": len(peers), "in_flight": in_flight, **tally.summary(), **cpu.read()}
+    row = per_message({"clients": len(peers), "in_flight": in_flight, **tally.summary(), **cpu.read()})
     await asyncio.to_thread(recorder.wait)
     return row
 
