@@ -26,9 +26,9 @@ from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Stream, WebSocket
 
 try:
-    from wsaccel.utils import mask as _c_mask
+    from wsaccel.xormask import XorMaskerSimple as _CMasker
 except ImportError:  # pragma: no cover - wsaccel is in requirements; keep working without it
-    _c_mask = None
+    _CMasker = None
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 DATA_OPCODES = (OP_TEXT, OP_BINARY)
@@ -46,8 +46,8 @@ CLOSE_TRY_AGAIN = 1013
 
 def unmask(payload: bytes, key: bytes) -> bytes:
     """XOR the payload with the 4-byte key, in C."""
-    if _c_mask is not None:
-        return _c_mask(payload, key)
+    if _CMasker is not None:
+        return _CMasker(key).process(payload)  # a fresh masker: it carries its offset from call to call
     n = len(payload)
     stream = (key * (n // 4 + 1))[:n]
     return (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
