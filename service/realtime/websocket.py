@@ -43,6 +43,8 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
 
+READ_BUFFER_BYTES = 1024  # per-connection read buffer (see ChatHandler.__init__)
+
 
 def unmask(payload: bytes, key: bytes) -> bytes:
     """XOR the payload with the 4-byte key, in C."""
@@ -330,6 +332,13 @@ class ChatHandler(WebSocketHandler):
     The policy is the application's `chat_handshake` attribute (see `service.realtime.HandshakePolicy`):
     `refusal(environ)` answers an (HTTP status, reason) or None; `max_message_bytes`; `handshake_timeout`.
     """
+
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
+        # pywsgi's default read buffer is 8 KB per connection, most of an idle WebSocket's memory. A request's
+        # headers and a chat frame fit in 1 KB; longer reads bypass the buffer, so only idle memory changes.
+        if rfile is None:
+            rfile = sock.makefile("rb", READ_BUFFER_BYTES)
+        super().__init__(sock, address, server, rfile)
 
     def _policy(self) -> Any:
         return getattr(self.server.application, "chat_handshake", None)
