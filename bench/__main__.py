@@ -47,6 +47,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--p99-limit", type=float, default=50.0, help="throughput: a step holds while p99 <= this (ms)")
     p.add_argument("--agents", type=int, default=500, help="fanout: agents in the one session")
     p.add_argument("--connections", type=int, default=10_000, help="idle: connections to open")
+    p.add_argument("--baseline", choices=("gevent", "websockets"), help="idle: measure a baseline echo server instead")
     p.add_argument("--concurrency", type=int, default=200, help="idle: handshakes in flight")
     p.add_argument("--clients", type=int, default=100, help="fairness/stack: clients")
     p.add_argument("--in-flight", type=int, help="fairness/stack: messages each client keeps outstanding")

@@ -95,11 +95,14 @@ class Peer:
             self.waiter.set_result(None)
 
     async def expect(self, kind: bytes, timeout: float = 30.0) -> dict:
+        """The next frame of type `kind` (b"" = the next frame of any kind); an error frame raises."""
         marker = b'"type":"' + kind + b'"'
         deadline = time.monotonic() + timeout
         while True:
             while self.inbox:
                 data = self.inbox.popleft()
+                if not kind:  # any message
+                    return {}
                 if marker in data:
                     return orjson.loads(data)
                 if b'"type":"error"' in data:

@@ -217,6 +217,9 @@ async def idle(opts: Namespace) -> list[dict]:
     def rss(t: Target) -> int:
         return sum(p.memory_info().rss for p in t.workers())
 
+    if opts.baseline:
+        return await idle_baseline(opts)
+
     async def once() -> dict:
         async with target(opts) as t:
             base = user_base()
@@ -247,6 +250,36 @@ async def idle(opts: Namespace) -> list[dict]:
             return row
 
     return [{"scenario": "idle", "target": Target(opts).label(), **await repeat(opts, once)}]
+
+
+async def idle_baseline(opts: Namespace) -> list[dict]:
+    """The idle measurement on a baseline echo server: each connection echoes one message, then idles."""
+
+    async def once() -> dict:
+        server = await asyncio.to_thread(start_baseline, opts.baseline, opts.server_cpus)
+        try:
+            rss = lambda: sum(p.memory_info().rss for p in server.workers())  # noqa: E731
+
+            async def used(i: int) -> Peer:
+                peer = await Peer(i).open("127.0.0.1", server.port, "/", greeted=False)
+                peer.ws.send(b"hello")
+                await peer.expect(b"", timeout=30)
+                return peer
+
+            close_all(await gather_bounded([used(i) for i in range(200)]))
+            await asyncio.sleep(1.0)
+            before = rss()
+            peers = await gather_bounded([used(i) for i in range(opts.connections)], limit=opts.concurrency)
+            await asyncio.sleep(2.0)
+            after = rss()
+            close_all(peers)
+            return {"connections": len(peers), "rss_before_mb": round(before / 2**20, 1),
+                    "rss_after_mb": round(after / 2**20, 1),
+                    "kb_per_connection": round((after - before) / len(peers) / 1024, 2)}
+        finally:
+            await asyncio.to_thread(server.stop)
+
+    return [{"scenario": "idle", "target": f"baseline {opts.baseline} echo", **await repeat(opts, once)}]
 
 
 async def echo_clients(host: str, port: int, path: str, n: int) -> list[Peer]:
