@@ -1,5 +1,7 @@
 """`python -m bench <scenario> [options]`: run a scenario and print one result row per line (and --json).
 
+`python -m bench suite` runs every scenario and baseline in one go; `python -m bench report FILE` tabulates.
+
 The generator pins itself to --client-cpus (core 1), the servers it starts run under taskset on
 --server-cpus (core 0); every socket is on 127.0.0.1.
 """
@@ -8,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
@@ -16,9 +17,10 @@ import time
 import uvloop
 
 from .scenarios import SCENARIOS
+from .services import pin_self
 
 DEFAULTS = {  # per scenario: sessions, rate, duration
-    "throughput": {"sessions": 100, "rate": 2000, "duration": 3.0},
+    "throughput": {"sessions": 200, "rate": 1000, "duration": 3.0},
     "latency": {"sessions": 200, "rate": 1000, "duration": 10.0},
     "fanout": {"sessions": 1, "rate": 20, "duration": 5.0},
     "fairness": {"duration": 5.0},
@@ -77,9 +79,18 @@ def raise_nofile() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = parse(sys.argv[1:] if argv is None else argv)
-    if opts.client_cpus:
-        os.sched_setaffinity(0, {int(c) for c in opts.client_cpus.split(",")})
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["suite"]:
+        from .suite import run_suite
+
+        return run_suite(argv[1:])
+    if argv[:1] == ["report"]:
+        from .suite import report
+
+        print(report(argv[1]))
+        return 0
+    opts = parse(argv)
+    pin_self(opts.client_cpus)
     raise_nofile()
     started = time.time()
     rows = uvloop.run(SCENARIOS[opts.scenario](opts))

@@ -33,16 +33,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def usable_cpus(cpus: str | None) -> set[int]:
+    """The CPUs of a list like "0" or "0,1" that this machine has (empty: do not pin)."""
+    if not cpus:
+        return set()
+    return {int(c) for c in cpus.split(",") if c.strip()} & os.sched_getaffinity(0)
+
+
 def pinned(cpus: str | None, argv: list[str]) -> list[str]:
-    """`argv` under taskset when `cpus` is given and taskset exists."""
-    if cpus and shutil.which("taskset"):
-        return ["taskset", "-c", cpus, *argv]
+    """`argv` under taskset when `cpus` names CPUs this machine has and taskset exists."""
+    usable = usable_cpus(cpus)
+    if usable and shutil.which("taskset"):
+        return ["taskset", "-c", ",".join(map(str, sorted(usable))), *argv]
     return argv
 
 
 def pin_self(cpus: str | None) -> None:
-    if cpus:
-        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    usable = usable_cpus(cpus)
+    if usable:
+        os.sched_setaffinity(0, usable)
 
 
 def clean_env(**overrides: object) -> dict[str, str]:
