@@ -230,6 +230,15 @@ class ChatWebSocket(WebSocket):
                 self._close_sent = True
             if self._tail:
                 frame, self._tail = self._tail + frame, b""
+            if self._raw is not None:
+                # Most frames fit in the socket buffer: one send, without sendall's timeout and wait machinery.
+                try:
+                    sent = self._raw.send(frame)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(frame):
+                    return
+                frame = frame[sent:]
             self.raw_write(frame)
 
     def send_text_nowait(self, text: str) -> bool:
