@@ -11,13 +11,15 @@ import platform
 import time
 from pathlib import Path
 
+RAMP = ["--rate", "2000", "--factor", "1.15"]
+
 SUITE: list[tuple[str, list[str]]] = [
     ("generator ceiling", ["stack", "--servers", "trivial"]),
     ("echo stack vs baselines (b), (c)", ["stack", "--servers", "service,gevent,websockets"]),
     ("fairness 100 x 4 (echo, chat) on SQLite", ["fairness", "--db", "sqlite"]),
     ("baseline (a)", ["insert-baseline"]),
-    ("throughput MariaDB", ["throughput", "--db", "mariadb", "--sessions", "200"]),
-    ("throughput SQLite", ["throughput", "--db", "sqlite", "--sessions", "200"]),
+    ("throughput MariaDB", ["throughput", "--db", "mariadb", "--sessions", "200", *RAMP]),
+    ("throughput SQLite", ["throughput", "--db", "sqlite", "--sessions", "200", *RAMP]),
     ("latency MariaDB", ["latency", "--db", "mariadb"]),
     ("latency SQLite", ["latency", "--db", "sqlite"]),
     ("fairness 100 x 4 (echo, chat) on MariaDB", ["fairness", "--db", "mariadb"]),
