@@ -54,10 +54,6 @@ class MessageWriter:
         self._returning = bool(
             getattr(dialect, "insert_executemany_returning_sort_by_parameter_order", False)
         )
-        # MySQL/MariaDB have no INSERT ... RETURNING for many rows; a multi-row INSERT gets consecutive ids
-        # from LAST_INSERT_ID() on when the auto-increment lock mode is 0 or 1 and the increment is 1
-        # (decided on the first batch; None = not yet known).
-        self._consecutive_ids: bool | None = None if dialect.name in ("mysql", "mariadb") else False
         self.observe = None  # optional callable(seconds, rows) for metrics
 
     def _ensure_started(self) -> None:
@@ -150,15 +146,5 @@ class MessageWriter:
                     insert(messages_table).returning(messages_table.c.id, sort_by_parameter_order=True), rows
                 )
                 return [row[0] for row in result]
-            if self._consecutive_ids is None:
-                mode, increment = conn.exec_driver_sql(
-                    "SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment"
-                ).one()
-                self._consecutive_ids = int(mode) in (0, 1) and int(increment) == 1
-                log.info("multi-row inserts with consecutive ids: %s", self._consecutive_ids)
-            if self._consecutive_ids:
-                # One statement, one round trip; LAST_INSERT_ID() is the first row's id.
-                first = conn.execute(insert(messages_table).values(rows)).lastrowid
-                return list(range(first, first + len(rows)))
-            # Otherwise one INSERT per row, still in one transaction with one commit.
+            # No RETURNING (MySQL): still one transaction and one commit for the whole batch.
             return [conn.execute(insert(messages_table), row).inserted_primary_key[0] for row in rows]
