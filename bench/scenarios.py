@@ -111,10 +111,15 @@ def measure_all(peers: list[Peer], chat: bool = True) -> Tally:
 
 def median_row(rows: list[dict]) -> dict:
     """Per-key median over repeated runs (numbers); other values from the first run."""
-    out = dict(rows[0])
-    for key, value in rows[0].items():
+    keys = {key: value for row in rows for key, value in row.items()}
+    out = {}
+    for key, value in keys.items():
+        present = [r[key] for r in rows if key in r]
         if isinstance(value, int | float) and not isinstance(value, bool):
-            out[key] = round(statistics.median(r[key] for r in rows), 3)
+            # A run without the figure (a ramp where no step held) counts as 0.
+            out[key] = round(statistics.median([*present, *[0] * (len(rows) - len(present))]), 3)
+        else:
+            out[key] = present[0]
     out["runs"] = len(rows)
     return out
 
