@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test check lint venv clean autobahn
+.PHONY: run test check lint venv clean autobahn bench
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: venv
 
 test: venv
 	$(BIN)/python -m pytest
+
+# Every benchmark scenario and baseline, 3 runs each (see docs/bench.md); BENCH_ARGS="--quick --runs 1" for a short one.
+bench: venv
+	$(BIN)/python -m bench suite $(BENCH_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from typing import Any
 
+import gevent
 from flask import Flask, Response, request
 
 from ..config import Settings
@@ -103,3 +104,4 @@ def serve_echo(ws: ChatWebSocket, idle_timeout: float) -> None:
         if message is None:
             return
         ws.send(message, binary=isinstance(message, bytes))
+        gevent.sleep(0)  # a client whose next frame is already buffered must not starve the others

@@ -52,6 +52,19 @@ class Connection(ConnectionState):
         """Queue a frame; never blocks. False when the connection is closing."""
         if self.closing:
             return False
+        if self._writer is None and not self._outbox:
+            # Nothing queued: write now if the socket takes it without waiting (no greenlet per frame).
+            try:
+                written = self.ws.send_text_nowait(text)
+            except (OSError, ConnectionError):
+                self.closing = True
+                return False
+            if written:
+                self.messages_out += 1
+                self.hub.counters["messages_out"] += 1
+                if self.ws.pending_tail:
+                    self._writer = gevent.spawn(self._drain)
+                return True
         if len(self._outbox) >= MAX_QUEUED_FRAMES:
             log.warning("client too slow, closing", extra={"connection_id": self.connection_id})
             self.close(CLOSE_POLICY, "too slow")
@@ -66,6 +79,7 @@ class Connection(ConnectionState):
 
     def _drain(self) -> None:
         try:
+            self.ws.flush_tail()
             while self._outbox:
                 text = self._outbox.popleft()
                 self.ws.send_text(text)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ..errors import Problem, Refused
 from ..storage.queries import StorageError
 
@@ -47,8 +49,16 @@ def handler_for(message_type: Any) -> Handler | None:
 
 
 def encode(obj: dict[str, Any]) -> str:
-    """Compact JSON with non-ASCII unescaped (PHP's JSON_UNESCAPED_UNICODE)."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON with non-ASCII unescaped (PHP's JSON_UNESCAPED_UNICODE).
+
+    orjson writes the same bytes as `json.dumps(ensure_ascii=False, separators=(",", ":"))` for what
+    server frames hold (strings, integers, booleans, null; no floats) several times faster; what it
+    refuses (integers beyond 64 bits, lone surrogates, non-string keys) goes through the json module.
+    """
+    try:
+        return orjson.dumps(obj).decode("utf-8")
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 def _depth(value: Any, limit: int) -> bool:

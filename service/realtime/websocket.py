@@ -21,13 +21,14 @@ from typing import Any
 
 import gevent
 from gevent.lock import RLock
+from gevent.socket import socket as GeventSocket
 from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Stream, WebSocket
 
 try:
-    from wsaccel.utils import mask as _c_mask
+    from wsaccel.xormask import XorMaskerSimple as _CMasker
 except ImportError:  # pragma: no cover - wsaccel is in requirements; keep working without it
-    _c_mask = None
+    _CMasker = None
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 DATA_OPCODES = (OP_TEXT, OP_BINARY)
@@ -42,11 +43,13 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
 
+READ_BUFFER_BYTES = 1024  # per-connection read buffer (see ChatHandler.__init__)
+
 
 def unmask(payload: bytes, key: bytes) -> bytes:
     """XOR the payload with the 4-byte key, in C."""
-    if _c_mask is not None:
-        return _c_mask(payload, key)
+    if _CMasker is not None:
+        return _CMasker(key).process(payload)  # a fresh masker: it carries its offset from call to call
     n = len(payload)
     stream = (key * (n // 4 + 1))[:n]
     return (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
@@ -80,7 +83,8 @@ class FrameRefused(Exception):
 class ChatWebSocket(WebSocket):
     """A server-side WebSocket that enforces RFC 6455 and never interleaves frames."""
 
-    __slots__ = ("max_message_bytes", "send_lock", "close_code", "close_reason", "_close_sent", "_socket")
+    __slots__ = ("max_message_bytes", "send_lock", "close_code", "close_reason", "_close_sent", "_socket", "_raw",
+                 "_tail")
 
     def __init__(self, environ: dict, stream: Stream, handler: WebSocketHandler, max_message_bytes: int) -> None:
         super().__init__(environ, stream, handler)
@@ -90,6 +94,10 @@ class ChatWebSocket(WebSocket):
         self.close_reason = ""
         self._close_sent = False
         self._socket = handler.socket
+        # The OS socket under a plain (not TLS) gevent socket: gevent keeps it non-blocking, so a send on it
+        # takes what fits in the kernel buffer and never waits.
+        self._raw = handler.socket._sock if type(handler.socket) is GeventSocket else None
+        self._tail = b""  # the unsent end of a frame written without waiting; goes out before anything else
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -223,7 +231,52 @@ class ChatWebSocket(WebSocket):
                 raise ConnectionResetError("connection is closing")
             if opcode == OP_CLOSE:
                 self._close_sent = True
+            if self._tail:
+                frame, self._tail = self._tail + frame, b""
+            if self._raw is not None:
+                # Most frames fit in the socket buffer: one send, without sendall's timeout and wait machinery.
+                try:
+                    sent = self._raw.send(frame)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(frame):
+                    return
+                frame = frame[sent:]
             self.raw_write(frame)
+
+    def send_text_nowait(self, text: str) -> bool:
+        """Write a text frame now if that needs no waiting; False when the caller must queue it instead.
+
+        What the kernel does not take at once is kept in `pending_tail` and goes out first on the next
+        write (`flush_tail` or any send), so frames stay whole and in order. Saves a writer greenlet per
+        outbound burst on the common path, where the socket buffer has room.
+        """
+        if self._raw is None or self._tail or not self.send_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._close_sent:
+                raise ConnectionResetError("connection is closing")
+            frame = encode_frame(OP_TEXT, text.encode("utf-8"))
+            try:
+                sent = self._raw.send(frame)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(frame):
+                self._tail = frame[sent:]
+            return True
+        finally:
+            self.send_lock.release()
+
+    @property
+    def pending_tail(self) -> bool:
+        return bool(self._tail)
+
+    def flush_tail(self) -> None:
+        """Write the rest of a frame `send_text_nowait` could not finish (may wait; the writer greenlet calls it)."""
+        with self.send_lock:
+            if self._tail:
+                tail, self._tail = self._tail, b""
+                self.raw_write(tail)
 
     def send_text(self, text: str) -> None:
         self.send_frame(text.encode("utf-8"), OP_TEXT)
@@ -298,6 +351,13 @@ class ChatHandler(WebSocketHandler):
 
     _deadline: gevent.Timeout | None = None
     _counted_ip: str | None = None
+
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
+        # pywsgi's default read buffer is 8 KB per connection, most of an idle WebSocket's memory. A request's
+        # headers and a chat frame fit in 1 KB; longer reads bypass the buffer, so only idle memory changes.
+        if rfile is None:
+            rfile = sock.makefile("rb", READ_BUFFER_BYTES)
+        super().__init__(sock, address, server, rfile)
 
     def _policy(self) -> Any:
         return getattr(self.server.application, "chat_handshake", None)

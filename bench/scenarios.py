@@ -1,0 +1,393 @@
+"""The named scenarios. Each takes the parsed options and returns a list of result rows (dicts)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from argparse import Namespace
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from urllib.parse import urlparse
+
+from .load import CpuClock, Peer, Tally, closed_loop, drain, gather_bounded, paced, per_message
+from .profile import Recorder
+from .services import ROOT, ChatService, Process, pinned, start_baseline
+
+AGENT_ID = 900_000_001
+
+
+class Target:
+    """Where the load goes: a chat service we started (and stop), or one at --url."""
+
+    def __init__(self, opts: Namespace) -> None:
+        self.opts = opts
+        self.service: ChatService | None = None
+        self.baseline: Process | None = None
+        if opts.url:
+            parsed = urlparse(opts.url)
+            if parsed.hostname not in ("127.0.0.1", "localhost"):
+                raise SystemExit("bench: only 127.0.0.1 targets are allowed")
+            self.host, self.port = "127.0.0.1", parsed.port or 80
+        else:
+            self.host, self.port = "127.0.0.1", 0
+
+    def start(self) -> Target:
+        if not self.opts.url:
+            self.service = ChatService(database=self.opts.db, workers=self.opts.workers, redis=self.opts.redis,
+                                       cpus=self.opts.server_cpus).start()
+            self.port = self.service.port
+            self.service.add_agent(AGENT_ID)
+        return self
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+
+    def workers(self) -> list:
+        return self.service.process.workers() if self.service is not None else []
+
+    def open_session(self, user_id: int) -> int:
+        if self.service is not None:
+            return self.service.open_session(user_id)
+        import urllib.request
+
+        req = urllib.request.Request(f"http://{self.host}:{self.port}/api/sessions", method="POST",
+                                     data=json.dumps({"user_id": user_id}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return json.loads(resp.read())["id"]
+
+    def label(self) -> str:
+        if self.opts.url:
+            return self.opts.url
+        redis = "+redis" if self.opts.redis else ""
+        return f"{self.opts.db}, {self.opts.workers} worker{'s' if self.opts.workers > 1 else ''}{redis}"
+
+
+@asynccontextmanager
+async def target(opts: Namespace):
+    t = await asyncio.to_thread(lambda: Target(opts).start())
+    try:
+        yield t
+    finally:
+        await asyncio.to_thread(t.stop)
+
+
+def user_base() -> int:
+    return (int(time.time()) % 100_000) * 10_000 + 1
+
+
+async def chat_rooms(t: Target, sessions: int, agents_per_session: int) -> tuple[list[Peer], list[Peer]]:
+    """`sessions` rooms of one customer and `agents_per_session` agents, all authenticated and joined."""
+    base = user_base()
+    session_ids = await asyncio.to_thread(lambda: [t.open_session(base + i) for i in range(sessions)])
+    customers = [Peer(i) for i in range(sessions)]
+    agents = [Peer(sessions + i) for i in range(sessions * agents_per_session)]
+
+    async def ready(peer: Peer, user_id: int, session_id: int) -> None:
+        await peer.open(t.host, t.port)
+        await peer.auth(user_id)
+        await peer.join(session_id)
+
+    jobs = [ready(c, base + i, session_ids[i]) for i, c in enumerate(customers)]
+    jobs += [ready(a, AGENT_ID, session_ids[i // agents_per_session]) for i, a in enumerate(agents)]
+    await gather_bounded(jobs)
+    for i, c in enumerate(customers):
+        c.room = [c, *agents[i * agents_per_session:(i + 1) * agents_per_session]]
+    return customers, agents
+
+
+def measure_all(peers: list[Peer], chat: bool = True) -> Tally:
+    tally = Tally()
+    for p in peers:
+        p.measure(tally, chat)
+    return tally
+
+
+def median_row(rows: list[dict]) -> dict:
+    """Per-key median over repeated runs (numbers); other values from the first run."""
+    keys = {key: value for row in rows for key, value in row.items()}
+    out = {}
+    for key, value in keys.items():
+        present = [r[key] for r in rows if key in r]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # A run without the figure (a ramp where no step held) counts as 0.
+            out[key] = round(statistics.median([*present, *[0] * (len(rows) - len(present))]), 3)
+        else:
+            out[key] = present[0]
+    out["runs"] = len(rows)
+    return out
+
+
+async def repeat(opts: Namespace, once: Callable[[], Awaitable[dict]]) -> dict:
+    rows = []
+    for i in range(opts.runs):
+        row = await once()
+        row["load_avg_1m"] = round(os.getloadavg()[0], 2)
+        if opts.verbose:
+            print(f"  run {i + 1}: {row}", file=sys.stderr)
+        rows.append(row)
+    return median_row(rows)
+
+
+def close_all(peers: list[Peer]) -> None:
+    for p in peers:
+        p.close()
+
+
+# -- scenarios ----------------------------------------------------------------------------------------
+
+
+async def throughput(opts: Namespace) -> list[dict]:
+    """Ramp the offered rate by --factor per step until p99 > --p99-limit ms (or loss); the last rate that held."""
+
+    async def once() -> dict:
+        async with target(opts) as t:
+            customers, agents = await chat_rooms(t, opts.sessions, 1)
+            rate, held, last = opts.rate, None, None
+            while rate <= opts.max_rate:
+                tally = measure_all(customers + agents)
+                cpu = CpuClock(t.workers())
+                await paced(customers, rate, opts.duration, tally)
+                await drain(tally, 3.0)
+                step = per_message({**tally.summary(rate), **cpu.read()})
+                last = step
+                if opts.verbose:
+                    print(f"    step {rate:.0f}/s: {step}", file=sys.stderr)
+                ok = (step["p99_ms"] <= opts.p99_limit and step["lost"] == 0 and step["errors"] == 0
+                      and step["sent_msg_s"] >= 0.95 * rate)
+                if not ok:
+                    break
+                held = step
+                rate *= opts.factor
+            close_all(customers + agents)
+            row = dict(held or {"offered_msg_s": 0.0})
+            row["failed_at_msg_s"] = last["offered_msg_s"] if last is not held and last else 0.0
+            row["failed_p99_ms"] = last["p99_ms"] if last is not held and last else 0.0
+            return row
+
+    return [{"scenario": "throughput", "target": Target(opts).label(), **await repeat(opts, once)}]
+
+
+async def latency(opts: Namespace) -> list[dict]:
+    """--sessions rooms (customer + agent) at a fixed --rate for --duration; 1 s of warm-up not counted."""
+
+    async def once() -> dict:
+        async with target(opts) as t:
+            customers, agents = await chat_rooms(t, opts.sessions, 1)
+            warm = measure_all(customers + agents)
+            await paced(customers, opts.rate, 1.0, warm)
+            await drain(warm, 3.0)
+            tally = measure_all(customers + agents)
+            cpu = CpuClock(t.workers())
+            recorder = Recorder(opts.profile, "latency", [p.pid for p in t.workers()], opts.duration)
+            await paced(customers, opts.rate, opts.duration, tally)
+            await drain(tally, 5.0)
+            row = per_message({**tally.summary(opts.rate), **cpu.read()})
+            await asyncio.to_thread(recorder.wait)
+            close_all(customers + agents)
+            return row
+
+    return [{"scenario": "latency", "target": Target(opts).label(), **await repeat(opts, once)}]
+
+
+async def fanout(opts: Namespace) -> list[dict]:
+    """One session, one customer sending at --rate, --agents agents receiving."""
+
+    async def once() -> dict:
+        async with target(opts) as t:
+            customers, agents = await chat_rooms(t, 1, opts.agents)
+            warm = measure_all(customers + agents)
+            await paced(customers, opts.rate, 1.0, warm)
+            await drain(warm, 5.0)
+            tally = measure_all(customers + agents)
+            cpu = CpuClock(t.workers())
+            await paced(customers, opts.rate, opts.duration, tally)
+            await drain(tally, 5.0)
+            row = per_message({"agents": opts.agents, **tally.summary(opts.rate), **cpu.read()})
+            close_all(customers + agents)
+            return row
+
+    return [{"scenario": "fanout", "target": Target(opts).label(), **await repeat(opts, once)}]
+
+
+async def idle(opts: Namespace) -> list[dict]:
+    """--connections authenticated idle connections; the worker's RSS growth per connection."""
+
+    def rss(t: Target) -> int:
+        return sum(p.memory_info().rss for p in t.workers())
+
+    if opts.baseline:
+        return await idle_baseline(opts)
+
+    async def once() -> dict:
+        async with target(opts) as t:
+            base = user_base()
+
+            async def authed(i: int) -> Peer:
+                peer = await Peer(i).open(t.host, t.port)
+                await peer.auth(base + i)
+                peer.inbox.clear()
+                return peer
+
+            warm = await gather_bounded([authed(i) for i in range(200)])  # warm the allocator and caches
+            close_all(warm)
+            await asyncio.sleep(1.0)
+            before = rss(t)
+            started = time.monotonic()
+            peers = await gather_bounded([authed(i) for i in range(opts.connections)], limit=opts.concurrency)
+            opened_s = time.monotonic() - started
+            await asyncio.sleep(2.0)
+            after = rss(t)
+            row = {
+                "connections": len(peers),
+                "rss_before_mb": round(before / 2**20, 1),
+                "rss_after_mb": round(after / 2**20, 1),
+                "kb_per_connection": round((after - before) / len(peers) / 1024, 2),
+                "handshakes_s": round(len(peers) / opened_s, 1),
+            }
+            close_all(peers)
+            return row
+
+    return [{"scenario": "idle", "target": Target(opts).label(), **await repeat(opts, once)}]
+
+
+async def idle_baseline(opts: Namespace) -> list[dict]:
+    """The idle measurement on a baseline echo server: each connection echoes one message, then idles."""
+
+    async def once() -> dict:
+        server = await asyncio.to_thread(start_baseline, opts.baseline, opts.server_cpus)
+        try:
+            rss = lambda: sum(p.memory_info().rss for p in server.workers())  # noqa: E731
+
+            async def used(i: int) -> Peer:
+                peer = await Peer(i).open("127.0.0.1", server.port, "/", greeted=False)
+                peer.ws.send(b"hello")
+                await peer.expect(b"", timeout=30)
+                return peer
+
+            close_all(await gather_bounded([used(i) for i in range(200)]))
+            await asyncio.sleep(1.0)
+            before = rss()
+            peers = await gather_bounded([used(i) for i in range(opts.connections)], limit=opts.concurrency)
+            await asyncio.sleep(2.0)
+            after = rss()
+            close_all(peers)
+            return {"connections": len(peers), "rss_before_mb": round(before / 2**20, 1),
+                    "rss_after_mb": round(after / 2**20, 1),
+                    "kb_per_connection": round((after - before) / len(peers) / 1024, 2)}
+        finally:
+            await asyncio.to_thread(server.stop)
+
+    return [{"scenario": "idle", "target": f"baseline {opts.baseline} echo", **await repeat(opts, once)}]
+
+
+async def echo_clients(host: str, port: int, path: str, n: int) -> list[Peer]:
+    peers = [Peer(i) for i in range(n)]
+    await gather_bounded([p.open(host, port, path, greeted=False) for p in peers])
+    return peers
+
+
+async def chat_alone(t: Target, n: int) -> list[Peer]:
+    """`n` customers, each alone in its own session (its own new_message is its round trip)."""
+    customers, _ = await chat_rooms(t, n, 0)
+    return customers
+
+
+async def closed(peers: list[Peer], chat: bool, in_flight: int, seconds: float, workers=(), profile: str | None = None,
+                 label: str = "") -> dict:
+    warm = measure_all(peers, chat)
+    await closed_loop(peers, in_flight, 1.0, warm)
+    await drain(warm, 5.0)
+    tally = measure_all(peers, chat)
+    cpu = CpuClock(workers)
+    recorder = Recorder(profile, label, [p.pid for p in workers], seconds)
+    await closed_loop(peers, in_flight, seconds, tally)
+    await drain(tally, 5.0)
+    row = per_message({"clients": len(peers), "in_flight": in_flight, **tally.summary(), **cpu.read()})
+    await asyncio.to_thread(recorder.wait)
+    return row
+
+
+async def fairness(opts: Namespace) -> list[dict]:
+    """--clients clients each keeping --in-flight messages outstanding: echo path and chat path; p99.9."""
+    rows = []
+    for path in ("echo", "chat"):
+
+        async def once(path: str = path) -> dict:
+            async with target(opts) as t:
+                if path == "echo":
+                    peers = await echo_clients(t.host, t.port, "/echo", opts.clients)
+                else:
+                    peers = await chat_alone(t, opts.clients)
+                row = await closed(peers, path == "chat", opts.in_flight, opts.duration, t.workers(), opts.profile,
+                                   f"fairness-{path}")
+                close_all(peers)
+                return row
+
+        rows.append({"scenario": f"fairness-{path}", "target": Target(opts).label(), **await repeat(opts, once)})
+    return rows
+
+
+async def stack(opts: Namespace) -> list[dict]:
+    """Echo round trips, --clients x --in-flight, on the service's echo path and the baselines (b) and (c)."""
+    rows = []
+    for kind in opts.servers:
+
+        async def once(kind: str = kind) -> dict:
+            if kind == "service":
+                async with target(opts) as t:
+                    peers = await echo_clients(t.host, t.port, "/echo", opts.clients)
+                    row = await closed(peers, False, opts.in_flight, opts.duration, t.workers(), opts.profile, "stack")
+            else:
+                server = await asyncio.to_thread(start_baseline, kind, opts.server_cpus)
+                # The ceiling is measured with a deep pipeline, so that the generator, not the round trip, limits.
+                in_flight = max(opts.in_flight, 16) if kind == "trivial" else opts.in_flight
+                try:
+                    peers = await echo_clients("127.0.0.1", server.port, "/", opts.clients)
+                    row = await closed(peers, False, in_flight, opts.duration, server.workers())
+                finally:
+                    await asyncio.to_thread(server.stop)
+            close_all(peers)
+            return row
+
+        name = {"service": "service /echo", "gevent": "(b) gevent-websocket echo",
+                "websockets": "(c) websockets+uvloop echo", "trivial": "generator ceiling (trivial echo)"}[kind]
+        rows.append({"scenario": f"echo-{opts.clients}x{opts.in_flight}", "target": name,
+                     **await repeat(opts, once)})
+    return rows
+
+
+async def pymysql_baseline(opts: Namespace) -> list[dict]:
+    """Baseline (a): one PyMySQL connection, INSERT + COMMIT per message, into a fresh service database."""
+
+    async def once() -> dict:
+        service = await asyncio.to_thread(lambda: ChatService(database="mariadb", cpus=opts.server_cpus).start())
+        try:
+            session_id = await asyncio.to_thread(service.open_session, 1)
+            argv = pinned(opts.server_cpus, [sys.executable, "-m", "bench.pymysql_loop", service.db_name,
+                                             str(session_id), str(opts.duration)])
+            out = await asyncio.to_thread(subprocess.run, argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+            if out.returncode:
+                raise RuntimeError(out.stderr)
+            return json.loads(out.stdout)
+        finally:
+            await asyncio.to_thread(service.stop)
+
+    return [{"scenario": "insert-loop", "target": "(a) PyMySQL INSERT+COMMIT", **await repeat(opts, once)}]
+
+
+SCENARIOS = {
+    "throughput": throughput,
+    "latency": latency,
+    "idle": idle,
+    "fanout": fanout,
+    "fairness": fairness,
+    "stack": stack,
+    "insert-baseline": pymysql_baseline,
+}

@@ -1,0 +1,20 @@
+"""The load generator runs end to end against a real server (figures are never asserted, only completeness)."""
+
+import json
+import subprocess
+import sys
+
+from support import ROOT
+
+
+def test_bench_latency_scenario_delivers_everything() -> None:
+    """A short latency run starts the service, sends and reports every message delivered, none lost or doubled."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "latency", "--duration", "2", "--sessions", "5", "--rate", "50"],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["scenario"] == "latency"
+    assert row["sent"] > 0 and row["received"] == 2 * row["sent"]
+    assert row["lost"] == 0 and row["duplicated"] == 0 and row["errors"] == 0
