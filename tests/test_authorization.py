@@ -21,7 +21,8 @@ CALLERS = ["own", "foreign", "agent", "backend"]
 HTTP_ENDPOINTS = ["POST /api/sessions", "GET /api/sessions", "GET /api/sessions/<raw_id>",
                   "GET /api/sessions/<raw_id>/messages", "POST /api/sessions/<raw_id>/messages",
                   "POST /api/sessions/<raw_id>/close", "GET /api/sessions/<raw_id>/presence"]
-SESSION_MESSAGES = ["join_session", "send_message"]
+SESSION_MESSAGES = ["join_session", "send_message", "read", "typing"]
+REPORT_ENDPOINTS = ["GET /api/reports/summary", "GET /api/reports/agents"]
 SESSIONLESS_MESSAGES = ["auth", "ping", "leave_session"]  # act on the caller's own connection only
 
 
@@ -148,23 +149,47 @@ def test_unknown_session_is_not_found_for_everyone(realm: Realm, caller: str) ->
 @pytest.mark.parametrize("caller", ["own", "foreign", "agent"])
 @pytest.mark.parametrize("message_type", SESSION_MESSAGES)
 def test_websocket_session_messages(realm: Realm, caller: str, message_type: str, closed: bool) -> None:
-    """join_session and send_message: a stranger gets 无权访问该会话 (open or closed); others are served."""
+    """Every session message type: a stranger gets 无权访问该会话 (open or closed); others are served."""
     session_id = realm.new_session()
+    status, posted = realm.http("own", "POST", f"/api/sessions/{session_id}/messages", {"content": "first"})
+    assert status == 201, posted
     if closed:
         realm.http("own", "POST", f"/api/sessions/{session_id}/close")
     c = realm.websocket(caller)
-    message = {"type": message_type, "session_id": session_id}
+    message: dict[str, Any] = {"type": message_type, "session_id": session_id}
     if message_type == "send_message":
         message["content"] = "hello"
-    reply = c.request(message)
+    elif message_type == "read":
+        message["message_id"] = posted["id"]
+    elif message_type == "typing":
+        message["state"] = "start"
     if caller == "foreign":
-        assert reply == FORBIDDEN_FRAME
+        assert c.request(message) == FORBIDDEN_FRAME
         assert c.request({"type": "leave_session"})["error"] == "未加入会话"  # and it joined nothing
-    elif closed:
-        assert reply["error"] == "会话已关闭"
+    elif closed and message_type != "read":  # a closed session's history may still be marked read
+        assert c.request(message)["error"] == "会话已关闭"
+    elif message_type == "typing":
+        c.send(message)
+        assert c.barrier() == []  # relayed to the others; no reply, and no error
     else:
-        assert reply["type"] == ("joined_session" if message_type == "join_session" else "new_message"), reply
+        expected = {"join_session": "joined_session", "send_message": "new_message", "read": "message_read"}
+        reply = c.request(message)
+        assert reply["type"] == expected[message_type], reply
     c.close()
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("endpoint", REPORT_ENDPOINTS)
+def test_reports_are_for_agents_only(realm: Realm, caller: str, endpoint: str) -> None:
+    """Reports: agents (and the trusted backend in trust mode) may read them; every customer gets 仅限客服."""
+    method, path = endpoint.split(" ")
+    status, body = realm.http(caller, method, path)
+    if caller == "backend" and realm.mode == "jwt":
+        assert (status, body) == (401, {"error": "未认证", "code": "unauthenticated"})
+    elif caller in ("own", "foreign"):
+        assert (status, body) == (403, {"error": "仅限客服", "code": "agents_only"})
+    else:
+        assert status == 200, body
 
 
 def test_a_strangers_messages_never_reach_a_session(realm: Realm) -> None:
@@ -184,6 +209,7 @@ def test_matrix_covers_everything(realm: Realm) -> None:
     app = create_app({"DATABASE_URL": "sqlite://", "CHAT_ENV_FILE": ""})
     routes = {f"{m} {r.rule}" for r in app.url_map.iter_rules() if r.rule.startswith("/api/")
               and not r.rule.startswith("/api/openapi") for m in r.methods - {"HEAD", "OPTIONS"}}
-    assert routes <= set(HTTP_ENDPOINTS), f"add rows to the authorization matrix for {routes - set(HTTP_ENDPOINTS)}"
+    covered = set(HTTP_ENDPOINTS) | set(REPORT_ENDPOINTS)
+    assert routes <= covered, f"add rows to the authorization matrix for {routes - covered}"
     missing = set(_HANDLERS) - set(SESSION_MESSAGES) - set(SESSIONLESS_MESSAGES)
     assert not missing, f"add rows to the authorization matrix for message types {missing}"

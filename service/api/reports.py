@@ -72,6 +72,8 @@ def _reports_and_range():
     if not identity.is_agent:
         raise Refused(Problem.AGENTS_ONLY)
     storage = hub().storage
+    if any(request.args.get(name) == "" for name in ("from", "to")):
+        raise Refused(Problem.INVALID_PARAMETER)  # an empty bound is a mistake, not "the default"
     try:
         first, last = parse_range(request.args.get("from"), request.args.get("to"), storage.now().date())
     except ValueError:
