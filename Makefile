@@ -13,14 +13,14 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(BIN)/.installed
 
-# Same as `$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app` (see docs/operations.md); `start -d` for a daemon.
+# Same as `$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app` (see README, "Operations"); `start -d` for a daemon.
 run: venv
 	$(BIN)/python -m service start
 
 test: venv
 	$(BIN)/python -m pytest
 
-# Every benchmark scenario and baseline, 3 runs each (see docs/bench.md); BENCH_ARGS="--quick --runs 1" for a short one.
+# Every benchmark scenario and baseline, 3 runs each (see README, "Benchmarks"); BENCH_ARGS="--quick --runs 1" for a short one.
 bench: venv
 	$(BIN)/python -m bench suite $(BENCH_ARGS)
 

@@ -105,3 +105,13 @@ def test_gunicorn_reads_env_file_and_environment_wins(tmp_path: Path) -> None:
     env.update(WEBSOCKET_PORT=str(free_port()), AUTH_MODE="x")
     code, output, _ = start_gunicorn(env)
     assert code != 0 and "AUTH_MODE='x'" in output and "WEBSOCKET_PORT" not in output
+
+
+def test_readme_configuration_table_lists_every_setting() -> None:
+    """The README's configuration table names every setting with its default, so users never miss one."""
+    from service.config import settings_table
+
+    readme = (ROOT / "README.md").read_text()
+    for name, default, _doc in settings_table():
+        row = f"| `{name}` | `{default}` |" if default else f"| `{name}` | (empty) |"
+        assert row in readme, f"README configuration table lacks {name}"

@@ -1,4 +1,4 @@
-"""Real nginx (Debian package) in front of three real instances, with the configurations of docs/nginx.md.
+"""Real nginx (Debian package) in front of three real instances, with the configurations the README shows.
 
 The legacy block sends `Connection: upgrade` on every request, plain HTTP included: the WebSocket chat must
 work across instances through it, and a JSON POST must be answered at once, not when a timeout fires.
@@ -26,9 +26,12 @@ LEGACY_PORTS = ("2346", "2347", "2348")
 
 
 def doc_configs() -> dict[str, str]:
-    """The ```nginx blocks of docs/nginx.md: the legacy one first, the recommended one second."""
-    blocks = re.findall(r"```nginx\n(.*?)```", (ROOT / "docs" / "nginx.md").read_text(), re.S)
-    assert len(blocks) == 2, "docs/nginx.md should hold the legacy and the recommended configuration"
+    """The ```nginx blocks of the README's nginx section: the legacy one first, the recommended one second."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Behind nginx"):]
+    section = section[: section.index("\n## ", 1)]
+    blocks = re.findall(r"```nginx\n(.*?)```", section, re.S)
+    assert len(blocks) == 2, "the README's nginx section should hold the legacy and the recommended configuration"
     return {"legacy": blocks[0], "recommended": blocks[1]}
 
 

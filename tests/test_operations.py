@@ -209,7 +209,7 @@ def test_operator_lifecycle_start_status_reload_restart_stop(deployment: Deploym
     worker_line = next(line for line in text.stdout.splitlines() if line.startswith(str(worker["pid"])))
     assert worker_line.split()[1:3] == ["2", "2"]  # connections, authenticated
     assert any(line.startswith("total") for line in text.stdout.splitlines())
-    print(text.stdout)  # the sample shown in docs/operations.md
+    print(text.stdout)  # the sample shown in the README, "Operations"
 
     # reload: new workers, same port; connected clients are told to reconnect.
     reloaded = deployment.cli("reload")

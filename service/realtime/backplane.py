@@ -14,7 +14,7 @@ the fork:
 Wire format on `<prefix>:events`: `<origin> <seq> <event json>`; the header lets a process skip its own
 events without parsing JSON. Redis pub/sub is at-most-once: nothing is ever replayed or retried, so a
 reconnect cannot duplicate; what an outage drops is counted (`publish_failures`, `gaps`) and stays in
-the message history. See docs/delivery.md.
+the message history. See the README, "Several workers and hosts".
 """
 
 from __future__ import annotations

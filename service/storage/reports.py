@@ -289,7 +289,7 @@ class Reports:
         return {"from": first.isoformat(), "to": last.isoformat(), "agents": rows}
 
 
-# The question each view is checked with (EXPLAIN in tests, timings in docs/reporting.md): one day, then all.
+# The question each view is checked with (EXPLAIN in tests, timings in the README, "Reporting"): one day, then all.
 VIEW_QUESTIONS = {
     name: (f"SELECT * FROM {name} WHERE day = :day", f"SELECT * FROM {name}")
     for name in (
