@@ -15,11 +15,13 @@ import pytest
 from support import (
     IN_CI,
     REDIS_TEST_URL,
+    Client,
     Server,
     base_env,
     create_mariadb_database,
     drop_mariadb_database,
     free_port,
+    fresh_id,
     mariadb_available,
     redis_available,
 )
@@ -115,6 +117,27 @@ def chat_server(request: pytest.FixtureRequest, server_factory: Callable[..., Se
         url = request.getfixturevalue("mariadb_url")
         return server_factory(database_url=url)
     return server_factory()
+
+
+@pytest.fixture(scope="module")
+def agent_id(chat_server: Server) -> int:
+    """A registered agent on the module's server."""
+    return chat_server.add_agent(fresh_id())
+
+
+@pytest.fixture
+def clients(chat_server: Server) -> Iterator[Any]:
+    """Open clients on the module's server for one test; all closed at its end."""
+    opened: list[Client] = []
+
+    def open_client(user_id: Any = None) -> Client:
+        client = chat_server.client(user_id)
+        opened.append(client)
+        return client
+
+    yield open_client
+    for client in opened:
+        client.close()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -18,31 +18,13 @@ from typing import Any
 
 import pytest
 
-from support import ROOT, Client, Server, fresh_id
+from support import ROOT, Server, fresh_id
 
 SESSION_KEYS = ["id", "user_id", "agent_id", "status", "created_at", "closed_at"]
 MESSAGE_KEYS = ["id", "session_id", "sender_id", "content", "created_at"]
 WIRE_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 UNKNOWN_SESSION = 9_000_000_000_000_000
 
-
-@pytest.fixture(scope="module")
-def agent_id(chat_server: Server) -> int:
-    return chat_server.add_agent(fresh_id())
-
-
-@pytest.fixture
-def clients(chat_server: Server) -> Iterator[Any]:
-    opened: list[Client] = []
-
-    def open_client(user_id: Any = None) -> Client:
-        client = chat_server.client(user_id)
-        opened.append(client)
-        return client
-
-    yield open_client
-    for client in opened:
-        client.close()
 
 
 def as_user(user_id: int) -> dict[str, str]:

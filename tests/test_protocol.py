@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -20,25 +19,6 @@ from support import Client, Server, fresh_id
 UNKNOWN_SESSION = 9_000_000_000_000_000
 WIRE_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
-
-@pytest.fixture(scope="module")
-def agent_id(chat_server: Server) -> int:
-    return chat_server.add_agent(fresh_id())
-
-
-@pytest.fixture
-def clients(chat_server: Server) -> Iterator[Any]:
-    """Open clients for one test; all closed at its end."""
-    opened: list[Client] = []
-
-    def open_client(user_id: Any = None) -> Client:
-        client = chat_server.client(user_id)
-        opened.append(client)
-        return client
-
-    yield open_client
-    for client in opened:
-        client.close()
 
 
 def error_of(client: Client, message: Any) -> str:
