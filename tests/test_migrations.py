@@ -212,3 +212,17 @@ def test_the_server_refuses_to_start_on_an_old_schema(server_factory, tmp_path: 
                                            r"upgrade`") as failure:
         server_factory(database_url=url)
     assert "server exited with 3" in str(failure.value)
+
+
+def test_workers_starting_together_on_an_empty_database_all_boot(server_factory, redis_url: str) -> None:
+    """Several workers creating the schema at once: none sees tables without a version and refuses to boot."""
+    for _ in range(3):
+        url, name = create_mariadb_database()
+        try:
+            server = server_factory(database_url=url, workers=4, REDIS_URL=redis_url)
+            status, body = server.http("GET", "/readyz")
+            assert status == 200, body
+            server.stop()
+            assert "refuses" not in server.log() and "Worker failed to boot" not in server.log()
+        finally:
+            drop_mariadb_database(name)

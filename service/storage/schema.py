@@ -13,8 +13,11 @@ column they read only needs the matching edit of that file.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -100,8 +103,37 @@ def _run(engine: Engine, action) -> None:
         action(alembic_config(conn))
 
 
+@contextmanager
+def _schema_lock(engine: Engine) -> Iterator[None]:
+    """One process at a time checks and creates the schema: workers (and hosts) start together, and one that
+    looked between another's CREATE and its stamp would see tables without a version and refuse to start."""
+    if is_mysql(engine):
+        with engine.connect() as conn:
+            conn.execute(text("SELECT GET_LOCK('chat_service_schema', 60)"))
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT RELEASE_LOCK('chat_service_schema')"))
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.schema-lock", "a+") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
 def prepare_for_serving(engine: Engine) -> None:
     """Start-up: create an empty database at head, accept one at head, refuse anything else (SchemaError)."""
+    with _schema_lock(engine):
+        _prepare(engine)
+
+
+def _prepare(engine: Engine) -> None:
     head = head_revision()
     tables = _tables(engine)
     if not tables - {"alembic_version"}:
