@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,47 +212,3 @@ def test_the_server_refuses_to_start_on_an_old_schema(server_factory, tmp_path: 
                                            r"upgrade`") as failure:
         server_factory(database_url=url)
     assert "server exited with 3" in str(failure.value)
-
-
-def test_a_worker_waits_for_another_workers_creation_to_be_stamped(new_database, monkeypatch) -> None:
-    """Tables without a version while another worker is between create_all and its stamp: start, do not refuse."""
-    import threading
-
-    url = new_database()
-    engine = engine_of(url)
-    schema_module.db.metadata.create_all(engine)  # the other worker's create_all, its stamp still to come
-    stamper = threading.Timer(0.5, schema_module.stamp, args=(engine, "head"))
-    stamper.start()
-    try:
-        schema_module.prepare_for_serving(engine)
-    finally:
-        stamper.join()
-    assert schema_module.current_revision(engine) == HEAD
-    engine.dispose()
-
-
-def test_tables_without_a_version_are_still_refused_when_nobody_stamps_them(new_database, monkeypatch) -> None:
-    """A database made before migrations (nobody creating it now) is refused after the wait, naming `db upgrade`."""
-    url = new_database()
-    first_release_database(url, versioned=False)
-    monkeypatch.setattr(schema_module, "CREATION_WAIT", 0.3)
-    engine = engine_of(url)
-    with pytest.raises(SchemaError, match="no schema version"):
-        schema_module.prepare_for_serving(engine)
-    engine.dispose()
-
-
-def test_two_workers_start_together_on_an_empty_mariadb(server_factory, redis_url: str) -> None:
-    """gunicorn's workers all find the new database empty at once; both boot (none exits on a half-made schema)."""
-    need_mariadb()
-    url, name = create_mariadb_database()
-    try:
-        server = server_factory(database_url=url, workers=2, REDIS_URL=redis_url)
-        stats = Path(server.env["STATE_DIR"]) / "workers"
-        deadline = time.monotonic() + 30
-        while len(list(stats.glob("*.json"))) < 2 and server.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.proc.poll() is None, server.log()
-        assert len(list(stats.glob("*.json"))) == 2, server.log()
-    finally:
-        drop_mariadb_database(name)

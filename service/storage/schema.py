@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from pathlib import Path
 
 from alembic import command
@@ -35,9 +34,6 @@ SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 REPORTS_SQL = SQL_DIR / "reports.sql"
 # The tables of revision 0001: a database that has them and no alembic_version predates migrations.
 FIRST_RELEASE_TABLES = {"agents", "chat_sessions", "chat_messages"}
-# How long a worker that finds tables without a version waits for another worker, which found the database
-# empty a moment earlier, to finish create_all and stamp it (gunicorn starts every worker at once).
-CREATION_WAIT = 10.0
 
 
 class SchemaError(RuntimeError):
@@ -112,8 +108,6 @@ def prepare_for_serving(engine: Engine) -> None:
         _create_fresh(engine, head)
         return
     current = current_revision(engine)
-    if current is None:
-        current = _wait_for_stamp(engine, CREATION_WAIT)
     if current == head:
         return
     if current is None:
@@ -125,17 +119,6 @@ def prepare_for_serving(engine: Engine) -> None:
         f"the database schema is at revision {current} and this version needs {head}: "
         "run `python -m service db upgrade`, then start the server"
     )
-
-
-def _wait_for_stamp(engine: Engine, seconds: float) -> str | None:
-    """The revision once another worker's creation stamps it; None if nobody does within `seconds`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        current = current_revision(engine)
-        if current is not None:
-            return current
-    return None
 
 
 def _create_fresh(engine: Engine, head: str) -> None:
