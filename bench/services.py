@@ -143,6 +143,7 @@ class ChatService:
 
     def __post_init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
+        self.redis_prefix = f"chat-bench-{uuid.uuid4().hex[:10]}"
         self.db_name: str | None = None
         self.process: Process | None = None
 
@@ -160,6 +161,8 @@ class ChatService:
             WORKER_CONNECTIONS=20000,
             DATABASE_URL=self.database_url,
             REDIS_URL=REDIS_URL if self.redis else "",
+            # Our own channels and keys: other servers on this Redis (tests, other runs) must not feed this one.
+            REDIS_CHANNEL_PREFIX=self.redis_prefix,
             RATE_LIMIT=0,  # unlimited: the limiter is not what is measured
             HEARTBEAT_TIMEOUT=3600,
             WEBSOCKET_ECHO_PATH=self.echo_path,

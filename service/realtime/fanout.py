@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 from .registry import Registry
@@ -78,7 +78,7 @@ class Fanout:
     def publish(self, event: Event) -> int:
         """Deliver to local connections now, then to every other process. Returns local deliveries."""
         if event.origin != self.node_id:
-            event = Event(**{**asdict(event), "origin": self.node_id})
+            event = replace(event, origin=self.node_id)
         delivered = self._deliver(event)
         if self.backplane is not None:
             self.start()
