@@ -216,17 +216,6 @@ class Settings:
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.app_timezone)
 
-    def public_dict(self) -> dict[str, Any]:
-        """Settings with secrets masked, for logs and diagnostics."""
-        secret = {"jwt_secret"}
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = "***" if f.name in secret and value else value
-        out["database_url"] = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.database_url)
-        out["redis_url"] = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", self.redis_url)
-        return out
-
 
 def env_file_path(environ: Mapping[str, str]) -> Path:
     """`.env` beside the project, or the file CHAT_ENV_FILE names."""

@@ -59,8 +59,6 @@ class Registry:
         self.revision += 1
         return session_id
 
-    def get(self, connection_id: str) -> Member | None:
-        return self._connections.get(connection_id)
 
     def members(self, session_id: int) -> tuple[Member, ...]:
         """A copy of the room, safe to iterate while others join and leave."""
@@ -107,10 +105,6 @@ class Registry:
             "joined": sum(1 for c in conns if c.session_id is not None),
             "rooms": len(self._rooms),
         }
-
-    def sessions_of_users(self) -> dict[int, list[int]]:
-        """session id -> user ids joined here (presence)."""
-        return {sid: sorted({c.user_id for c in room if c.user_id is not None}) for sid, room in self._rooms.items()}
 
     def presence(self) -> dict[int, list[tuple[str, int | None]]]:
         """session id -> (connection id, user id) of each member here (mirrored to Redis across workers)."""
