@@ -4,7 +4,7 @@
 -- revision (service/storage/migrations/versions/), regenerate this file.
 --
 -- Times are naive DATETIMEs in APP_TIMEZONE (the legacy convention). The report views are in reports.sql.
--- Schema revision: 0003
+-- Schema revision: 0004
 
 CREATE TABLE IF NOT EXISTS agents (
 	user_id BIGINT NOT NULL,
@@ -18,8 +18,9 @@ CREATE TABLE IF NOT EXISTS chat_message_hourly (
 	hour SMALLINT NOT NULL,
 	sender_role VARCHAR(16) NOT NULL,
 	sender_id BIGINT NOT NULL,
+	shard SMALLINT NOT NULL DEFAULT '0',
 	messages INTEGER NOT NULL,
-	PRIMARY KEY (day, hour, sender_role, sender_id)
+	PRIMARY KEY (day, hour, sender_role, sender_id, shard)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_unicode_ci;
 
 CREATE TABLE IF NOT EXISTS chat_sessions (
@@ -85,4 +86,4 @@ CREATE TABLE IF NOT EXISTS alembic_version (
 	version_num VARCHAR(32) NOT NULL,
 	CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
-INSERT IGNORE INTO alembic_version (version_num) VALUES ('0003');
+INSERT IGNORE INTO alembic_version (version_num) VALUES ('0004');

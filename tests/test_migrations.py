@@ -190,6 +190,32 @@ def test_downgrade_to_the_first_release_and_back_keeps_its_rows(new_database) ->
     engine.dispose()
 
 
+def test_downgrading_below_the_hourly_shards_sums_each_hours_shards_into_one_row(new_database) -> None:
+    """Revision 0004 splits the hourly counts per writer; going back to 0003 adds the shards up, and the
+    figures survive the round trip."""
+    url = new_database()
+    build_from_models(url)
+    engine = engine_of(url)
+    rows = [("2026-10-01", 9, "agent", 7, 0, 2), ("2026-10-01", 9, "agent", 7, 513, 3),
+            ("2026-10-01", 9, "customer", 0, 513, 4), ("2026-10-01", 10, "customer", 0, 2, 1)]
+    with engine.begin() as conn:
+        for day, hour, role, sender, shard, n in rows:
+            conn.execute(text("INSERT INTO chat_message_hourly (day, hour, sender_role, sender_id, shard, messages)"
+                              " VALUES (:d, :h, :r, :s, :shard, :n)"),
+                         {"d": day, "h": hour, "r": role, "s": sender, "shard": shard, "n": n})
+    count = "SELECT hour, sender_role, sender_id, messages FROM chat_message_hourly ORDER BY hour, sender_role"
+    assert schema_module.downgrade(engine, "0003") == (HEAD, "0003")
+    with engine.connect() as conn:
+        assert [tuple(r) for r in conn.execute(text(count))] == [
+            (9, "agent", 7, 5), (9, "customer", 0, 4), (10, "customer", 0, 1)]
+    assert schema_module.upgrade(engine) == ("0003", HEAD)
+    with engine.connect() as conn:
+        assert [tuple(r) for r in conn.execute(text(count))] == [
+            (9, "agent", 7, 5), (9, "customer", 0, 4), (10, "customer", 0, 1)]
+        assert {r[0] for r in conn.execute(text("SELECT shard FROM chat_message_hourly"))} == {0}
+    engine.dispose()
+
+
 def test_an_empty_database_is_created_at_head_by_the_server(new_database) -> None:
     """Start-up on an empty database creates the tables and stamps the newest revision (no upgrade needed)."""
     url = new_database()

@@ -42,7 +42,7 @@ def engine_options(settings: Settings) -> dict[str, Any]:
     if settings.is_sqlite:
         return {"connect_args": {"check_same_thread": False, "timeout": 15}}
     return {
-        "pool_size": POOL_SIZE,
+        "pool_size": POOL_SIZE + settings.writer_concurrency,  # each message writer keeps one for itself
         "max_overflow": 0,
         "pool_timeout": 10,
         "pool_pre_ping": True,

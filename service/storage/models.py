@@ -143,7 +143,8 @@ class ChatMessageHourly(db.Model):
 
     The message writer adds each batch's counts in the batch's own transaction, so the counts always equal
     the messages ever stored (deleting messages later does not change them: they are history). Agents' rows
-    carry their user id; every other sender is counted under sender_id 0 (one row per hour and role).
+    carry their user id; every other sender is counted under sender_id 0. Each writer counts in a shard of its
+    own, so one hour, role and agent may have several rows: readers sum them.
     """
 
     __tablename__ = "chat_message_hourly"
@@ -152,6 +153,8 @@ class ChatMessageHourly(db.Model):
     hour: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     sender_role: Mapped[str] = mapped_column(String(16), primary_key=True)
     sender_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # The message writer's own rows (revision 0004): writers never wait on each other's counter rows.
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False, server_default="0")
     messages: Mapped[int] = mapped_column(Integer, nullable=False)
 
     __table_args__ = (MYSQL_TABLE,)

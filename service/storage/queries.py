@@ -66,15 +66,18 @@ class Storage:
         """Wall-clock time in APP_TIMEZONE, to the second, naive (the legacy column format)."""
         return datetime.now(self.tz).replace(tzinfo=None, microsecond=0)
 
+    def _prepare_if_owed(self) -> None:
+        if self.prepare is not None:
+            self.prepare()
+            self.prepare = None
+            log.info("database reachable again; tables are in place")
+
     @contextmanager
     def connect(self, write: bool = False) -> Iterator[Connection]:
         """A pooled connection (in a transaction when `write`), with database errors as StorageError."""
         with self._gate:
             try:
-                if self.prepare is not None:
-                    self.prepare()
-                    self.prepare = None
-                    log.info("database reachable again; tables are in place")
+                self._prepare_if_owed()
                 with self.engine.connect() as conn:
                     if write:
                         with conn.begin():
@@ -86,6 +89,19 @@ class Storage:
             except SQLAlchemyError as exc:
                 log.warning("database error: %s", exc.__class__.__name__, exc_info=log.isEnabledFor(logging.DEBUG))
                 raise StorageError(str(exc.__class__.__name__)) from exc
+
+    def open_connection(self) -> Connection:
+        """A connection kept by one long-lived user (a message writer) instead of checked out per use.
+
+        It holds one of the pool's connections for good (the pool is sized for it) and skips the gate; the
+        caller closes it after an error. Database errors come back as StorageError.
+        """
+        try:
+            self._prepare_if_owed()
+            return self.engine.connect()
+        except SQLAlchemyError as exc:
+            log.warning("database error: %s", exc.__class__.__name__)
+            raise StorageError(str(exc.__class__.__name__)) from exc
 
     def ping(self) -> None:
         """Read one of the service's tables: a reachable server without our schema is not ready either."""

@@ -5,8 +5,13 @@ messages, sets first_response_at of sessions not yet answered (one UPDATE): repo
 
 A sender's greenlet submits its message and waits for the stored record, so one sender never has two
 messages in flight and its order is kept. Writers drain the queue in FIFO order, store up to WRITER_BATCH
-rows in one transaction and hand each sender its id. When a batch fails (a duplicate client_msg_id, a bad
-row), the rows are retried one by one so one bad row costs nobody else their message.
+rows in one transaction and hand each sender its id. When a batch breaks a constraint (a duplicate
+client_msg_id), its rows are retried one by one so one bad row costs nobody else their message.
+
+Each writer keeps a connection of its own: a batch costs the INSERT, the upsert and the COMMIT round trips
+and nothing else (a pooled connection adds a ping at checkout and a ROLLBACK at checkin, as many round trips
+again). Each writer also counts into its own shard of the hourly counts, so writers of every worker and host
+never wait on one another's counter rows.
 """
 
 from __future__ import annotations
@@ -14,15 +19,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import gevent
 from gevent.event import AsyncResult
 from gevent.queue import Empty, Queue
-from sqlalchemy import and_, case, insert, update
+from sqlalchemy import Connection, and_, case, insert, update
 from sqlalchemy.dialects import mysql, sqlite
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from .models import message_hourly_table, messages_table, sessions_table
 from .queries import Storage, StorageError
@@ -31,6 +38,12 @@ from .records import MessageRecord, NewMessage
 log = logging.getLogger(__name__)
 
 ANSWERED_CACHE_SIZE = 100_000
+HOURLY_SHARDS = 1024  # a writer's shard is its MySQL connection id modulo this
+IDLE_PING_SECONDS = 1.0  # a writer's connection idle longer than this is pinged before the next batch
+ROWS_PER_STATEMENT = 500  # bound parameters per INSERT stay under SQLite's limit (6 per row)
+BATCH_ATTEMPTS = 3  # a batch the database rolled back by itself (deadlock, lock wait timeout) is written again
+ROLLED_BACK_ERRORS = (1213, 1205)  # MySQL: deadlock found, lock wait timeout exceeded
+MESSAGE_COLUMNS = ("session_id", "sender_id", "sender_role", "content", "client_msg_id", "created_at")
 
 
 def first_agent_reply(messages: list[NewMessage]) -> dict[int, datetime]:
@@ -57,15 +70,15 @@ def first_response_update(first: dict[int, datetime]):
     )
 
 
-def hourly_counts(messages) -> list[dict]:
-    """The batch's rows of chat_message_hourly (agents by id, customers as 0), in key order (concurrent writers
-    lock rows in one order)."""
+def hourly_counts(messages, shard: int = 0) -> list[dict]:
+    """The batch's rows of chat_message_hourly (agents by id, customers as 0) in `shard`, in key order
+    (writers sharing a shard lock its rows in one order)."""
     counts = Counter(
         (m.created_at.date(), m.created_at.hour, m.sender_role, m.sender_id if m.sender_role == "agent" else 0)
         for m in messages
     )
     return [
-        {"day": day, "hour": hour, "sender_role": role, "sender_id": sender, "messages": n}
+        {"day": day, "hour": hour, "sender_role": role, "sender_id": sender, "shard": shard, "messages": n}
         for (day, hour, role, sender), n in sorted(counts.items())
     ]
 
@@ -84,6 +97,51 @@ def hourly_upsert(dialect_name: str):
     return statement.on_duplicate_key_update(messages=table.c.messages + statement.inserted.messages)
 
 
+class MessageInsert:
+    """The hot statement as driver SQL: one multi-row `INSERT ... RETURNING id` per chunk of the batch.
+
+    SQLAlchemy's insertmanyvalues builds the same statement, at several times the CPU per row. Ids come back
+    sorted: an autoincrement key is assigned in VALUES order within one statement (MariaDB, SQLite).
+    """
+
+    def __init__(self, dialect) -> None:
+        self.dbapi_error = dialect.loaded_dbapi.Error
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        self.head = f"INSERT INTO {messages_table.name} ({', '.join(MESSAGE_COLUMNS)}) VALUES "
+        self.row = "(" + ", ".join([mark] * len(MESSAGE_COLUMNS)) + ")"
+        # SQLite keeps DATETIME as text in SQLAlchemy's format; PyMySQL takes datetime objects as they are.
+        self.to_db = messages_table.c.created_at.type.bind_processor(dialect) or (lambda value: value)
+
+    def __call__(self, dbapi_connection, messages: list[NewMessage]) -> list[int]:
+        ids: list[int] = []
+        to_db = self.to_db
+        cursor = dbapi_connection.cursor()
+        try:
+            for start in range(0, len(messages), ROWS_PER_STATEMENT):
+                chunk = messages[start:start + ROWS_PER_STATEMENT]
+                params: list = []
+                for m in chunk:
+                    params += (m.session_id, m.sender_id, m.sender_role, m.content, m.client_msg_id,
+                               to_db(m.created_at))
+                statement = self.head + ", ".join([self.row] * len(chunk)) + " RETURNING id"
+                try:
+                    cursor.execute(statement, params)
+                except self.dbapi_error as exc:  # as SQLAlchemy would raise it (IntegrityError, OperationalError...)
+                    raise DBAPIError.instance(statement, params, exc, self.dbapi_error) from exc
+                returned = sorted(row[0] for row in cursor.fetchall())
+                if len(returned) != len(chunk):
+                    raise StorageError(f"INSERT returned {len(returned)} ids for {len(chunk)} rows")
+                ids += returned
+        finally:
+            cursor.close()
+        return ids
+
+
+class RolledBack(StorageError):
+    """The database chose this transaction as a deadlock victim (or its lock wait timed out) and rolled it
+    back whole: nothing of it was stored, so writing the batch again is safe."""
+
+
 class DuplicateMessage(Exception):
     """The sender already stored a message with this client_msg_id in this session."""
 
@@ -96,7 +154,82 @@ class DuplicateMessage(Exception):
 class _Pending:
     message: NewMessage
     result: AsyncResult = field(default_factory=AsyncResult)
-    enqueued: float = field(default_factory=time.monotonic)
+
+
+class WriterConnection:
+    """One writer's own connection: opened on first use, pinged after idling, dropped after any error.
+
+    Its hourly-count shard comes from the MySQL connection id, unique among the server's open connections.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.conn: Connection | None = None
+        self.shard = 0
+        self._used = 0.0
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A transaction on this writer's connection; database errors other than constraints as StorageError."""
+        conn = self._ready()
+        try:
+            with conn.begin():
+                yield conn
+        except IntegrityError:
+            raise  # rolled back; the connection is fine
+        except SQLAlchemyError as exc:
+            code = getattr(getattr(exc, "orig", None), "args", (None,))[0]
+            if code in ROLLED_BACK_ERRORS:
+                raise RolledBack(exc.__class__.__name__) from exc  # the connection is fine
+            log.warning("database error: %s", exc.__class__.__name__)
+            self.drop()
+            raise StorageError(exc.__class__.__name__) from exc
+        except BaseException:
+            self.drop()  # killed or failed mid-statement: the connection's state is unknown
+            raise
+        finally:
+            self._used = time.monotonic()
+
+    def _ready(self) -> Connection:
+        conn = self.conn
+        if conn is not None and time.monotonic() - self._used > IDLE_PING_SECONDS:
+            try:
+                conn.dialect.do_ping(conn.connection.dbapi_connection)
+            except Exception:  # a server restart or a dropped idle connection: open a new one
+                self.drop()
+                conn = None
+        if conn is None:
+            conn = self.storage.open_connection()
+            try:
+                if conn.dialect.name == "mysql":
+                    (connection_id,) = conn.exec_driver_sql("SELECT CONNECTION_ID()").one()
+                    self.shard = int(connection_id) % HOURLY_SHARDS
+                conn.commit()
+            except SQLAlchemyError as exc:
+                conn.invalidate()
+                conn.close()
+                raise StorageError(exc.__class__.__name__) from exc
+            self.conn = conn
+        return conn
+
+    def drop(self) -> None:
+        """Close the connection for good (the pool opens a new one); the next batch reconnects."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception:  # pragma: no cover - closing a broken connection
+                pass
+
+    def close(self) -> None:
+        """Give the connection back to the pool (graceful stop, nothing in flight)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # pragma: no cover
+                pass
 
 
 class MessageWriter:
@@ -109,11 +242,13 @@ class MessageWriter:
         self.timeout = timeout
         self._queue: Queue[_Pending] = Queue()
         self._writers: list[gevent.Greenlet] = []
+        self._connections: list[WriterConnection] = []
         self._busy = 0  # batches being written now
         dialect = storage.engine.dialect
         self._returning = bool(
             getattr(dialect, "insert_executemany_returning_sort_by_parameter_order", False)
         )
+        self._insert_rows = MessageInsert(dialect)
         self.observe = None  # optional callable(seconds, rows) for metrics
         # Sessions this worker knows to be answered: their agent messages need no first-response UPDATE.
         self._answered: set[int] = set()
@@ -121,7 +256,8 @@ class MessageWriter:
 
     def _ensure_started(self) -> None:
         if not self._writers:
-            self._writers = [gevent.spawn(self._run) for _ in range(self.concurrency)]
+            self._connections = [WriterConnection(self.storage) for _ in range(self.concurrency)]
+            self._writers = [gevent.spawn(self._run, link) for link in self._connections]
 
     def store(self, message: NewMessage) -> MessageRecord:
         """Store one message and return it with its id; raises StorageError or DuplicateMessage."""
@@ -144,11 +280,13 @@ class MessageWriter:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while (self._queue.qsize() or self._busy) and time.monotonic() < deadline:
             gevent.sleep(0.005)
-        for writer in self._writers:
-            writer.kill(block=False)
+        gevent.killall(self._writers)
+        for link in self._connections:
+            link.close()
         self._writers = []
+        self._connections = []
 
-    def _run(self) -> None:
+    def _run(self, link: WriterConnection) -> None:
         while True:
             batch = [self._queue.get()]
             while len(batch) < self.batch_size:
@@ -158,7 +296,7 @@ class MessageWriter:
                     break
             self._busy += 1
             try:
-                self._write(batch)
+                self._write(link, batch)
             except Exception as exc:  # never let a writer die: every sender must get an answer
                 log.exception("message writer failed")
                 for pending in batch:
@@ -167,21 +305,36 @@ class MessageWriter:
             finally:
                 self._busy -= 1
 
-    def _write(self, batch: list[_Pending]) -> None:
+    def _write(self, link: WriterConnection, batch: list[_Pending]) -> None:
         started = time.perf_counter()
+        messages = [p.message for p in batch]
         try:
-            ids = self._insert([p.message for p in batch])
-        except (IntegrityError, StorageError, SQLAlchemyError) as exc:
+            for attempt in range(1, BATCH_ATTEMPTS + 1):
+                try:
+                    ids = self._insert(link, messages)
+                    break
+                except RolledBack:
+                    if attempt == BATCH_ATTEMPTS:
+                        raise
+                    log.info("batch rolled back by the database (deadlock); writing it again")
+        except IntegrityError as exc:
             if len(batch) == 1:
                 self._fail(batch[0], exc)
                 return
+            # One row broke a constraint (a repeated client_msg_id): store the others one by one.
             for pending in batch:
                 try:
-                    (message_id,) = self._insert([pending.message])
-                except (IntegrityError, StorageError, SQLAlchemyError) as row_exc:
+                    (message_id,) = self._insert(link, [pending.message])
+                except (IntegrityError, StorageError) as row_exc:
                     self._fail(pending, row_exc)
                 else:
                     pending.result.set(pending.message.stored(message_id))
+            return
+        except StorageError as exc:
+            # Not stored (the database is down or refused the batch): each sender hears so and may resend.
+            # Never retried here: a COMMIT that failed in flight may have been applied.
+            for pending in batch:
+                pending.result.set_exception(exc)
             return
         if self.observe is not None:
             self.observe(time.perf_counter() - started, len(batch))
@@ -204,25 +357,19 @@ class MessageWriter:
             exc = StorageError(type(exc).__name__)
         pending.result.set_exception(exc)
 
-    def _insert(self, messages: list[NewMessage]) -> list[int]:
+    def _insert(self, link: WriterConnection, messages: list[NewMessage]) -> list[int]:
         """Insert in one transaction; ids in the order given. Agent replies also mark first responses."""
-        rows = [m.as_row() for m in messages]
-        with self.storage.connect(write=True) as conn:
-            if len(rows) == 1:
-                ids = [conn.execute(insert(messages_table), rows[0]).inserted_primary_key[0]]
-            elif self._returning:
-                result = conn.execute(
-                    insert(messages_table).returning(messages_table.c.id, sort_by_parameter_order=True), rows
-                )
-                ids = [row[0] for row in result]
+        with link.transaction() as conn:
+            if self._returning:
+                ids = self._insert_rows(conn.connection.dbapi_connection, messages)
             else:
                 # No RETURNING (MySQL): still one transaction and one commit for the whole batch.
-                ids = [conn.execute(insert(messages_table), row).inserted_primary_key[0] for row in rows]
+                ids = [conn.execute(insert(messages_table), m.as_row()).inserted_primary_key[0] for m in messages]
             first_reply = {k: v for k, v in first_agent_reply(messages).items() if k not in self._answered}
             if first_reply:
                 conn.execute(first_response_update(first_reply))
-            # Last, so the hour's shared customer row stays locked only for the commit.
-            conn.execute(self._hourly, hourly_counts(messages))
+            # Last, so the hour's counter rows stay locked only for the commit.
+            conn.execute(self._hourly, hourly_counts(messages, link.shard))
         if first_reply:
             if len(self._answered) > ANSWERED_CACHE_SIZE:
                 self._answered.clear()
