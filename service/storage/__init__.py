@@ -6,8 +6,9 @@ import logging
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from ..config import Settings
 from .models import db
@@ -35,6 +36,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 POOL_SIZE = 10
+MYSQL_CONNECT_ARGS = {"connect_timeout": 5, "read_timeout": 15, "write_timeout": 15, "charset": "utf8mb4"}
 
 
 def engine_options(settings: Settings) -> dict[str, Any]:
@@ -42,13 +44,25 @@ def engine_options(settings: Settings) -> dict[str, Any]:
     if settings.is_sqlite:
         return {"connect_args": {"check_same_thread": False, "timeout": 15}}
     return {
-        "pool_size": POOL_SIZE + settings.writer_concurrency,  # each message writer keeps one for itself
+        "pool_size": POOL_SIZE,
         "max_overflow": 0,
         "pool_timeout": 10,
         "pool_pre_ping": True,
         "pool_recycle": 1800,
-        "connect_args": {"connect_timeout": 5, "read_timeout": 15, "write_timeout": 15, "charset": "utf8mb4"},
+        "connect_args": MYSQL_CONNECT_ARGS,
     }
+
+
+def writer_engine(settings: Settings, engine: Engine) -> Engine:
+    """The message writers' connections (MySQL/MariaDB): one each, kept open, allowed several statements per
+    query so that a batch is one round trip (see storage/writer.py); every value in them is escaped by the
+    driver. On SQLite the writers share the service's engine."""
+    if settings.is_sqlite:
+        return engine
+    from pymysql.constants import CLIENT
+
+    flags = CLIENT.FOUND_ROWS | CLIENT.MULTI_STATEMENTS  # FOUND_ROWS: what SQLAlchemy itself asks for
+    return create_engine(engine.url, poolclass=NullPool, connect_args={**MYSQL_CONNECT_ARGS, "client_flag": flags})
 
 
 def _tune_sqlite(dbapi_connection, _record) -> None:
@@ -80,7 +94,7 @@ def init_storage(app: Flask, settings: Settings, create_tables: bool = True) -> 
         engine = db.engine
     if settings.is_sqlite:
         event.listen(engine, "connect", _tune_sqlite)
-    storage = Storage(engine, settings.tz, concurrency=POOL_SIZE)
+    storage = Storage(engine, settings.tz, concurrency=POOL_SIZE, writer_engine=writer_engine(settings, engine))
     if create_tables:
         try:
             prepare_for_serving(engine)

@@ -53,8 +53,9 @@ def _message(row) -> MessageRecord:
 class Storage:
     """The service's one gateway to the database."""
 
-    def __init__(self, engine: Engine, tz: ZoneInfo, concurrency: int = 8) -> None:
+    def __init__(self, engine: Engine, tz: ZoneInfo, concurrency: int = 8, writer_engine: Engine | None = None) -> None:
         self.engine = engine
+        self.writer_engine = writer_engine or engine  # where message writers open their own connections
         self.tz = tz
         self._gate = BoundedSemaphore(concurrency)
         # Schema creation still owed (the database was down at start-up); run on the next use, once.
@@ -93,12 +94,12 @@ class Storage:
     def open_connection(self) -> Connection:
         """A connection kept by one long-lived user (a message writer) instead of checked out per use.
 
-        It holds one of the pool's connections for good (the pool is sized for it) and skips the gate; the
-        caller closes it after an error. Database errors come back as StorageError.
+        It comes from `writer_engine` and skips the gate; the caller closes it after an error. Database errors
+        come back as StorageError.
         """
         try:
             self._prepare_if_owed()
-            return self.engine.connect()
+            return self.writer_engine.connect()
         except SQLAlchemyError as exc:
             log.warning("database error: %s", exc.__class__.__name__)
             raise StorageError(str(exc.__class__.__name__)) from exc
