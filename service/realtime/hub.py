@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import gevent
+import gevent.event
 
 from ..auth import Identity, session_access
 from ..config import Settings
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 SESSION_CACHE_SECONDS = 2.0
 SESSION_CACHE_SIZE = 50_000
+RECENT_DELIVERIES = 10_000  # message ids this worker delivered lately (repeats wait for their original)
+REPEAT_WAIT_SECONDS = 1.0
+REPEAT_FRESH_SECONDS = 5.0  # an original older than this was delivered long ago: its repeat never waits
 
 
 def make_node_id() -> str:
@@ -64,6 +68,8 @@ class ChatHub:
         self.stopping = False
         self.inflight = 0  # client frames being handled right now (graceful shutdown waits for them)
         self.counters = {"messages_in": 0, "messages_out": 0, "stored": 0}
+        self._delivered: dict[int, None] = {}  # insertion-ordered: the oldest is dropped first
+        self._awaited: dict[int, gevent.event.Event] = {}
 
     # -- identities and sessions ------------------------------------------------------------------
 
@@ -148,6 +154,7 @@ class ChatHub:
         except DuplicateMessage as duplicate:
             if duplicate.original is None:
                 raise Refused(Problem.SEND_FAILED) from None
+            self._await_delivery(duplicate.original)
             return duplicate.original, True
         except StorageError:
             log.warning("message not stored", extra={"session_id": session.id, "user_id": identity.user_id})
@@ -178,8 +185,34 @@ class ChatHub:
 
     def on_event(self, event: Event) -> None:
         """Every event, local or from another process, passes here before delivery."""
-        if event.kind == "session_closed":
+        if event.kind == "new_message" and event.message_id is not None:
+            self._note_delivery(event.message_id)
+        elif event.kind == "session_closed":
             self.forget_session(event.session_id)
+
+    def _note_delivery(self, message_id: int) -> None:
+        delivered = self._delivered
+        delivered[message_id] = None
+        if len(delivered) > RECENT_DELIVERIES:
+            del delivered[next(iter(delivered))]
+        waiter = self._awaited.pop(message_id, None)
+        if waiter is not None:
+            waiter.set()  # the waiting greenlet runs after this delivery has been handed to the room
+
+    def _await_delivery(self, original: MessageRecord) -> None:
+        """Answer a repeated client_msg_id only once the room here has the original.
+
+        The repeat's sender may send its next message as soon as it has the answer; when the original was
+        stored on another worker and is still on its way through Redis, that next message would otherwise
+        reach this worker's room members before the original (bounded wait; old originals never wait).
+        """
+        if original.id in self._delivered:
+            return
+        if (self.storage.now() - original.created_at).total_seconds() > REPEAT_FRESH_SECONDS:
+            return
+        waiter = self._awaited.setdefault(original.id, gevent.event.Event())
+        waiter.wait(REPEAT_WAIT_SECONDS)
+        self._awaited.pop(original.id, None)
 
     def presence(self, session_id: int) -> dict[str, Any]:
         """Who is joined to the session on every worker and host: user ids with their connection counts.
