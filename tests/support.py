@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,30 @@ class Server:
         if user_id is not None:
             c.auth(user_id)
         return c
+
+
+def node_of(client: Client) -> str:
+    """The worker a connection landed on (connection ids are NODE-SEQUENCE)."""
+    return client.connection_id.rsplit("-", 1)[0]
+
+
+def client_elsewhere(open_client: Callable[[], Client], node: str | None, attempts: int = 200) -> Client:
+    """A connection accepted by a worker other than `node` (any worker when None).
+
+    Workers share one listening socket and the idle one tends to win every accept: the tries that landed on
+    `node` stay open (keeping that worker busy) until another worker has taken one, then they are closed.
+    """
+    tries: list[Client] = []
+    try:
+        for _ in range(attempts):
+            client = open_client()
+            if node is None or node_of(client) != node:
+                return client
+            tries.append(client)
+        raise AssertionError(f"could not reach a worker other than {node} in {attempts} connections")
+    finally:
+        for client in tries:
+            client.close()
 
 
 def _insecure_tls():

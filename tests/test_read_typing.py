@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from support import Client, Server, fresh_id
+from support import Client, Server, client_elsewhere, fresh_id, node_of
 
 TYPING_TIMEOUT = 0.6
 
@@ -316,14 +316,7 @@ def test_typing_and_reads_cross_workers(
     session_id = server.open_session(customer)
     typist = server.client(customer)
     agent_user = server.add_agent(fresh_id())
-    node = typist.connection_id.rsplit("-", 1)[0]
-    for _ in range(40):
-        agent = server.client(agent_user)
-        if agent.connection_id.rsplit("-", 1)[0] != node:
-            break
-        agent.close()
-    else:
-        raise AssertionError("could not reach the other worker")
+    agent = client_elsewhere(lambda: server.client(agent_user), node_of(typist))
     agent.join(session_id)
     typing(typist, session_id, "start")
     assert agent.recv()["state"] == "start"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import websocket
 
-from support import Client, Server, fresh_id
+from support import Client, Server, client_elsewhere, fresh_id, node_of
 
 REPLAY_LIMIT = 200  # above the 50 missed plus what the background sender adds meanwhile
 MISSED_PER_ITERATION = 50
@@ -61,11 +61,6 @@ def stored_ids(server: Server, session_id: int, after_id: int = 0) -> list[int]:
         if len(page) < 500:
             return ids
         after_id = page[-1]
-
-
-def node_of(client: Client) -> str:
-    """The worker a connection landed on (connection ids are NODE-SEQUENCE)."""
-    return client.connection_id.rsplit("-", 1)[0]
 
 
 def send_burst(client: Client, session_id: int, count: int, label: str) -> list[int]:
@@ -340,12 +335,7 @@ def test_hand_over_to_the_other_worker_has_no_gap_or_duplicate(two_worker_server
     agent_id = server.add_agent(fresh_id())
 
     def on_other_worker(previous: str | None) -> Client:
-        for _ in range(40):
-            client = server.client(agent_id)
-            if previous is None or node_of(client) != previous:
-                return client
-            client.close()
-        raise AssertionError("could not reach the other worker in 40 connections")
+        return client_elsewhere(lambda: server.client(agent_id), previous)
 
     figures = run_hand_over(server, agent_id, on_other_worker, "2 workers + Redis")
     assert figures.iterations >= 10, figures
@@ -394,13 +384,7 @@ def test_same_client_msg_id_raced_across_workers_stores_one_row(two_worker_serve
     customer = fresh_id()
     session_id = server.open_session(customer)
     first = server.client(customer)
-    for _ in range(40):
-        second = server.client(customer)
-        if node_of(second) != node_of(first):
-            break
-        second.close()
-    else:
-        raise AssertionError("could not reach the other worker")
+    second = client_elsewhere(lambda: server.client(customer), node_of(first))
     observer = server.client(server.add_agent(fresh_id()))
     observer.join(session_id)
     check_race(server, session_id, race_same_client_msg_id(first, second, session_id, 20), observer)
