@@ -158,3 +158,24 @@ def test_a_batch_the_database_rolls_back_on_a_deadlock_is_written_again(storage:
     assert [p.result.get(timeout=0).content for p in batch] == [f"to {first.id}", f"to {second.id}"]
     assert stored_contents(storage, first.id) == [f"to {first.id}"]
     assert stored_contents(storage, second.id) == [f"to {second.id}"]
+
+
+def test_on_mariadb_a_batch_is_one_query_and_all_or_nothing(storage: Storage) -> None:
+    """The batch travels as one multi-statement query; when a later statement fails (here the count upsert,
+    its table gone), the messages inserted before it are rolled back and the senders hear so."""
+    user = fresh_id()
+    session_id = storage.open_session(user)[0].id
+    writer = MessageWriter(storage, concurrency=1)
+    try:
+        writer.store(say(storage, session_id, user, "counted"))
+        assert writer._connections[0].one_trip
+        with storage.engine.begin() as conn:
+            conn.execute(text("RENAME TABLE chat_message_hourly TO chat_message_hourly_away"))
+        with pytest.raises(StorageError):
+            writer.store(say(storage, session_id, user, "not counted, so not stored"))
+        with storage.engine.begin() as conn:
+            conn.execute(text("RENAME TABLE chat_message_hourly_away TO chat_message_hourly"))
+        writer.store(say(storage, session_id, user, "counted again"))
+    finally:
+        writer.stop()
+    assert stored_contents(storage, session_id) == ["counted", "counted again"]
