@@ -188,7 +188,10 @@ class OneTripBatch:
                     if n < chunks:
                         ids_out += sorted(row[0] for row in cursor.fetchall())
             except self.dbapi_error as exc:
-                dbapi_connection.rollback()
+                try:
+                    dbapi_connection.rollback()
+                except self.dbapi_error:
+                    pass  # the connection is gone; the caller drops it
                 raise DBAPIError.instance(query, params, exc, self.dbapi_error) from exc
         finally:
             cursor.close()
