@@ -179,3 +179,16 @@ def test_on_mariadb_a_batch_is_one_query_and_all_or_nothing(storage: Storage) ->
     finally:
         writer.stop()
     assert stored_contents(storage, session_id) == ["counted", "counted again"]
+
+
+def test_a_message_queued_past_the_timeout_is_refused_and_never_written(storage: Storage) -> None:
+    """Its sender has been told 消息发送失败 by then, so writing it later would make a resend a duplicate."""
+    user = fresh_id()
+    session_id = storage.open_session(user)[0].id
+    writer = MessageWriter(storage, concurrency=1, timeout=0.0)  # everything is already too old
+    try:
+        with pytest.raises(StorageError, match="timed out"):
+            writer.store(say(storage, session_id, user, "too late"))
+    finally:
+        writer.stop()
+    assert stored_contents(storage, session_id) == []

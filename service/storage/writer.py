@@ -226,6 +226,7 @@ class DuplicateMessage(Exception):
 class _Pending:
     message: NewMessage
     result: AsyncResult = field(default_factory=AsyncResult)
+    enqueued: float = field(default_factory=time.monotonic)
 
 
 class WriterConnection:
@@ -345,10 +346,9 @@ class MessageWriter:
         self._ensure_started()
         pending = _Pending(message)
         self._queue.put(pending)
-        try:
-            return pending.result.get(timeout=self.timeout)
-        except gevent.Timeout:
-            raise StorageError("timed out waiting for the database") from None
+        # Always answered, without a timer per message: a batch is bounded by the driver's read timeout, a
+        # message queued longer than `timeout` is refused unwritten, and stop() answers what it leaves.
+        return pending.result.get()
 
     def pending(self) -> int:
         return self._queue.qsize()
@@ -366,25 +366,42 @@ class MessageWriter:
             link.close()
         self._writers = []
         self._connections = []
+        while self._queue.qsize():  # not written before the deadline: its sender must still hear
+            self._queue.get_nowait().result.set_exception(StorageError("server stopping"))
 
     def _run(self, link: WriterConnection) -> None:
         while True:
-            batch = [self._queue.get()]
-            while len(batch) < self.batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except Empty:
-                    break
+            batch = self._next_batch()
+            if not batch:
+                continue
             self._busy += 1
             try:
                 self._write(link, batch)
-            except Exception as exc:  # never let a writer die: every sender must get an answer
-                log.exception("message writer failed")
+            except BaseException as exc:  # never let a writer die silently: every sender must get an answer
                 for pending in batch:
                     if not pending.result.ready():
                         pending.result.set_exception(StorageError(type(exc).__name__))
+                if not isinstance(exc, Exception):
+                    raise  # killed (stop): its batch has been answered
+                log.exception("message writer failed")
             finally:
                 self._busy -= 1
+
+    def _next_batch(self) -> list[_Pending]:
+        """Up to batch_size queued messages, oldest first; those queued past `timeout` are refused unwritten."""
+        batch = [self._queue.get()]
+        while len(batch) < self.batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except Empty:
+                break
+        oldest_allowed = time.monotonic() - self.timeout
+        if batch[0].enqueued >= oldest_allowed:
+            return batch
+        expired = [p for p in batch if p.enqueued < oldest_allowed]
+        for pending in expired:
+            pending.result.set_exception(StorageError("timed out waiting for the database"))
+        return batch[len(expired):]  # FIFO: the expired ones are the oldest, at the front
 
     def _write(self, link: WriterConnection, batch: list[_Pending]) -> None:
         started = time.perf_counter()
