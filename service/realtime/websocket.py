@@ -15,6 +15,7 @@ module subclasses its two classes in one place:
 from __future__ import annotations
 
 import codecs
+import logging
 import socket
 import struct
 from typing import Any
@@ -29,6 +30,8 @@ try:
     from wsaccel.xormask import XorMaskerSimple as _CMasker
 except ImportError:  # pragma: no cover - wsaccel is in requirements; keep working without it
     _CMasker = None
+
+log = logging.getLogger(__name__)
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 DATA_OPCODES = (OP_TEXT, OP_BINARY)
@@ -431,8 +434,28 @@ class ChatHandler(WebSocketHandler):
         return result
 
     def run_websocket(self) -> None:
+        """Serve the open socket from here, with the policy's route for its path, not through the WSGI app.
+
+        Through the app, every socket would keep a Flask request context and the whole call stack of the
+        app alive for as long as it stays open, idle or not; served from here it blocks in `recv` a few
+        frames above the handler. The access log line (101, time open) is still written when it ends.
+        """
+        policy = self._policy()
+        path = self.environ.get("PATH_INFO", "")
+        serve = policy.routes.get(path) if policy is not None else None
         try:
-            super().run_websocket()
+            if serve is None:
+                super().run_websocket()
+                return
+            ws = self.websocket
+            try:
+                serve(ws, self.environ.get("REMOTE_ADDR", ""))
+            except Exception:
+                log.exception("request failed", extra={"path": path})
+            finally:
+                if not ws.closed:
+                    ws.close()
+                self.websocket = None
         finally:
             self._release()
 
