@@ -442,12 +442,14 @@ class ChatHandler(WebSocketHandler):
         except TimeoutError:
             return None
         finally:
-            self._deadline.close()
-            self._deadline = None
+            if self._deadline is not None:
+                self._deadline.close()
+                self._deadline = None
 
     def run_application(self) -> None:
         if self._deadline is not None:
             self._deadline.close()
+            self._deadline = None  # a WebSocket runs inside this request: let its timer go now
         super().run_application()
 
     def get_environ(self) -> dict[str, Any]:
@@ -519,11 +521,13 @@ class ChatHandler(WebSocketHandler):
 
         The parsed headers (an email Message) and the full environ would otherwise stay alive with every open
         socket. `ACCESS_LOG_ENVIRON` holds what gunicorn's access line takes from the environ for the service's
-        text and JSON formats (client, request line, path and query, user agent, referer).
+        text and JSON formats (client, request line, path and query, user agent, referer); request and response
+        headers are not kept for it.
         """
         environ = self.environ
         self.environ = {key: environ[key] for key in ACCESS_LOG_ENVIRON if key in environ}
         self.__dict__.pop("headers", None)  # the class default is an empty header set
+        self.response_headers = ()  # the 101's, sent
         self.websocket.environ = self.environ
         self.websocket.take_over_reads(self.rfile)
         del self.rfile
