@@ -47,6 +47,11 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
 
+# What pywsgi's handler keeps of a parsed request, not read again once a WebSocket is open (the access line
+# reads the environ). "rfile" is the handshake's buffered reader (see ChatWebSocket.take_over_reads).
+REQUEST_ATTRIBUTES = ("rfile", "headers", "requestline", "command", "path", "request_version", "content_length",
+                      "result", "_deadline")
+
 NO_BODY = Input(None, 0)  # a WebSocket handshake has no request body
 
 # What gunicorn's access line reads from the environ of a WebSocket request (see ChatHandler._forget_request).
@@ -526,12 +531,16 @@ class ChatHandler(WebSocketHandler):
         """
         environ = self.environ
         self.environ = {key: environ[key] for key in ACCESS_LOG_ENVIRON if key in environ}
-        self.__dict__.pop("headers", None)  # the class default is an empty header set
         self.response_headers = ()  # the 101's, sent
         self.websocket.environ = self.environ
         self.websocket.take_over_reads(self.rfile)
-        del self.rfile
         self.wsgi_input = NO_BODY  # pywsgi discards the rest of the request body when the response ends
+        # The request line and headers as parsed (class defaults take their place), and the handler's own
+        # attribute dict rebuilt at the size of what is left: a dict does not shrink when entries go.
+        attributes = self.__dict__
+        for name in REQUEST_ATTRIBUTES:
+            attributes.pop(name, None)
+        self.__dict__ = dict(attributes)
 
     def _release(self) -> None:
         policy, ip = self._policy(), self._counted_ip
