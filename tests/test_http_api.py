@@ -340,6 +340,26 @@ def test_plain_get_on_root_is_text(chat_server: Server) -> None:
     assert b"WebSocket" in body
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET / HTTP/1.0\r\nHost: localhost\r\nConnection: upgrade\r\n\r\n",  # the legacy nginx recipe
+        b"GET /?x=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        b"HEAD / HTTP/1.0\r\nHost: localhost\r\n\r\n",
+    ],
+)
+def test_plain_requests_on_root_still_reach_the_app(chat_server: Server, request_bytes: bytes) -> None:
+    """Only WebSocket upgrades are served outside the app: other requests on `/` get its text (200)."""
+    with socket.create_connection(("127.0.0.1", chat_server.port), timeout=5) as s:
+        s.sendall(request_bytes)
+        response = b""
+        while chunk := s.recv(4096):
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"text/plain" in head
+    assert (b"WebSocket" in body) is not request_bytes.startswith(b"HEAD")
+
+
 def test_healthz(chat_server: Server) -> None:
     """/healthz answers 200 JSON."""
     assert chat_server.http("GET", "/healthz") == (200, {"status": "ok"})

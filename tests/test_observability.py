@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -15,6 +16,7 @@ from collections.abc import Callable
 import pytest
 import sqlalchemy
 from prometheus_client.parser import text_string_to_metric_families
+from rawws import RawWebSocket
 from test_operations import frames_until_close, wait_until
 
 from support import Client, Server, free_port, fresh_id
@@ -187,6 +189,32 @@ def test_logs_carry_ids_and_access_lines_but_never_message_content(
     else:
         assert any("gunicorn.access" in line and '"GET /healthz HTTP/1.1" 200' in line for line in lines)
         assert any(f"session_id={session_id}" in line and f"user_id={user}" in line for line in lines)
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_websocket_access_line_says_101_and_how_long_it_was_open(
+    server_factory: Callable[..., Server], log_format: str
+) -> None:
+    """A WebSocket gets its access line when it ends: client, request line, 101, user agent, time open."""
+    server = server_factory(LOG_FORMAT=log_format)
+    ws = RawWebSocket(server.port, "/?probe=1", headers={"User-Agent": "probe/1.0"})
+    assert ws.status == 101
+    time.sleep(0.3)  # not a wait for anything: the socket stays open this long, and the line must say so
+    ws.close()
+
+    def line() -> str | None:
+        return next((x for x in server.log().splitlines() if "gunicorn.access" in x and "101" in x), None)
+
+    logged = wait_until(line)
+    if log_format == "json":
+        entry = json.loads(logged)
+        assert {"remote_addr": "127.0.0.1", "method": "GET", "path": "/", "query": "probe=1", "status": 101,
+                "user_agent": "probe/1.0"}.items() <= entry.items()
+        assert entry["duration_ms"] >= 300
+    else:
+        match = re.search(r' 127\.0\.0\.1 "GET /\?probe=1 HTTP/1\.1" 101 \S+ (\d+)ms$', logged)
+        assert match, logged
+        assert int(match.group(1)) >= 300
 
 
 class TcpForwarder:

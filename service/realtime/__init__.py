@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import gevent
-from flask import Flask, Response, request
+from flask import Flask, Response
 
 from ..config import Settings
 from . import activity as _activity  # noqa: F401  (read and typing handlers)
@@ -21,15 +22,24 @@ log = logging.getLogger(__name__)
 PLAIN_TEXT = "Customer-service chat server. Connect with a WebSocket client to ws://<host>:<port>/.\n"
 
 
-class HandshakePolicy:
-    """Decides, before the 101, whether a WebSocket may open; read by ChatHandler from the app."""
+Serve = Callable[[ChatWebSocket, str], None]
 
-    def __init__(self, settings: Settings) -> None:
+
+class HandshakePolicy:
+    """Decides, before the 101, whether a WebSocket may open, and what serves it; read by ChatHandler from the app.
+
+    `routes` maps each WebSocket path to the function that serves an open socket (with the peer's address).
+    ChatHandler calls it straight after the 101, outside the WSGI app: a long-lived socket then keeps no
+    Flask request, environ or WSGI call stack alive (see ChatHandler.run_websocket).
+    """
+
+    def __init__(self, settings: Settings, routes: dict[str, Serve] | None = None) -> None:
         self.allowed_origins = set(settings.allowed_origins)
         self.max_per_ip = settings.max_connections_per_ip
         self.max_message_bytes = settings.max_frame_bytes
         self.handshake_timeout = settings.handshake_timeout
-        self.paths = {"/", settings.websocket_echo_path} - {""}
+        self.routes = routes or {}
+        self.paths = set(self.routes)
         self._per_ip: Counter[str] = Counter()
 
     def refusal(self, environ: dict[str, Any]) -> tuple[int, str] | None:
@@ -59,34 +69,31 @@ class HandshakePolicy:
 
 
 def init_realtime(app: Flask, hub: ChatHub) -> None:
-    """Register `/` (WebSocket, and a short text for plain GET) and the optional echo endpoint."""
-    policy = HandshakePolicy(hub.settings)
-    app.extensions["chat_hub"] = hub
-    app.chat_handshake = policy  # read by ChatHandler (the server's handler class) before the 101
+    """Register `/` (WebSocket, and a short text for plain GET) and the optional echo endpoint.
 
-    def websocket_view() -> Response:
-        ws = request.environ.get("wsgi.websocket")
-        if not isinstance(ws, ChatWebSocket):
-            return Response(PLAIN_TEXT, mimetype="text/plain")
-        Connection(hub, ws, request.environ.get("REMOTE_ADDR", "")).serve()
-        return Response("", status=200)
+    The WebSockets themselves are served by ChatHandler through the policy's routes, not by Flask; the
+    Flask rules answer the plain HTTP requests on the same paths.
+    """
+    settings = hub.settings
+    routes: dict[str, Serve] = {"/": lambda ws, remote_addr: Connection(hub, ws, remote_addr).serve()}
+    echo_path = settings.websocket_echo_path
+    if echo_path:
+        routes[echo_path] = lambda ws, remote_addr: serve_echo(ws, settings.heartbeat_timeout)
+    app.extensions["chat_hub"] = hub
+    app.chat_handshake = HandshakePolicy(settings, routes)  # read by ChatHandler (the server's handler class)
 
     def plain_view() -> Response:
         return Response(PLAIN_TEXT, mimetype="text/plain")
 
-    app.add_url_rule("/", "websocket", websocket_view, websocket=True)
+    # A request that asks for a WebSocket but was not upgraded (e.g. not a GET) still reaches Flask.
+    app.add_url_rule("/", "websocket", plain_view, websocket=True)
     app.add_url_rule("/", "index", plain_view, methods=["GET", "HEAD"])
 
-    echo_path = hub.settings.websocket_echo_path
     if echo_path:
         log.warning("diagnostics echo endpoint enabled at %s", echo_path)
 
         def echo_view() -> Response:
-            ws = request.environ.get("wsgi.websocket")
-            if not isinstance(ws, ChatWebSocket):
-                return Response("WebSocket echo endpoint (diagnostics)\n", mimetype="text/plain")
-            serve_echo(ws, hub.settings.heartbeat_timeout)
-            return Response("", status=200)
+            return Response("WebSocket echo endpoint (diagnostics)\n", mimetype="text/plain")
 
         app.add_url_rule(echo_path, "echo", echo_view, websocket=True)
         app.add_url_rule(echo_path, "echo_plain", echo_view, methods=["GET"])

@@ -24,6 +24,9 @@ MAX_QUEUED_FRAMES = 2000
 
 
 class Connection(ConnectionState):
+    __slots__ = ("hub", "ws", "_outbox", "_writer", "_reader", "_close_args", "closing", "messages_in",
+                 "messages_out")
+
     def __init__(self, hub: ChatHub, ws: ChatWebSocket, remote_addr: str) -> None:
         settings = hub.settings
         super().__init__(
@@ -35,7 +38,7 @@ class Connection(ConnectionState):
         )
         self.hub = hub
         self.ws = ws
-        self._outbox: deque[str] = deque()
+        self._outbox: deque[str] | None = None  # made when a frame must wait: most connections never need one
         self._writer: gevent.Greenlet | None = None
         self._reader: gevent.Greenlet | None = None
         self._close_args = (CLOSE_NORMAL, "")
@@ -52,7 +55,8 @@ class Connection(ConnectionState):
         """Queue a frame; never blocks. False when the connection is closing."""
         if self.closing:
             return False
-        if self._writer is None and not self._outbox:
+        outbox = self._outbox
+        if self._writer is None and not outbox:
             # Nothing queued: write now if the socket takes it without waiting (no greenlet per frame).
             try:
                 written = self.ws.send_text_nowait(text)
@@ -65,11 +69,13 @@ class Connection(ConnectionState):
                 if self.ws.pending_tail:
                     self._writer = gevent.spawn(self._drain)
                 return True
-        if len(self._outbox) >= MAX_QUEUED_FRAMES:
+        if outbox is None:
+            outbox = self._outbox = deque()
+        elif len(outbox) >= MAX_QUEUED_FRAMES:
             log.warning("client too slow, closing", extra={"connection_id": self.connection_id})
             self.close(CLOSE_POLICY, "too slow")
             return False
-        self._outbox.append(text)
+        outbox.append(text)
         if self._writer is None:
             self._writer = gevent.spawn(self._drain)
         return True
@@ -86,10 +92,13 @@ class Connection(ConnectionState):
                 self.messages_out += 1
                 self.hub.counters["messages_out"] += 1
         except (TimeoutError, OSError, ConnectionError):
-            self._outbox.clear()
+            if self._outbox is not None:
+                self._outbox.clear()
             self.closing = True
         finally:
             self._writer = None
+            if not self._outbox:
+                self._outbox = None  # drained: no queue until a frame must wait again
 
     def flush(self, timeout: float) -> None:
         """Wait until queued frames are written (or `timeout`)."""
@@ -164,6 +173,7 @@ class Connection(ConnectionState):
                 self.closing = True
                 self.flush(2.0)
                 self.ws.close(*self._close_args)
-            self._outbox.clear()
+            if self._outbox is not None:
+                self._outbox.clear()
             log.info("disconnected", extra={"connection_id": self.connection_id, "user_id": self.user_id,
                                             "remote_addr": self.remote_addr})

@@ -96,7 +96,7 @@ def decode(text: str | bytes, max_depth: int = 16) -> dict[str, Any]:
 FRAME_ALLOWANCE = 5  # frames of any type a connection may send, as a multiple of RATE_LIMIT / RATE_BURST
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenBucket:
     """`rate` tokens per second, at most `burst` saved up; rate 0 means unlimited."""
 
@@ -128,7 +128,7 @@ class TokenBucket:
 MAX_HELD_EVENTS = 2000
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ConnectionState:
     """What the protocol knows about one connection; the socket edge (Connection) extends it.
 

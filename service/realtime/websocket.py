@@ -15,20 +15,24 @@ module subclasses its two classes in one place:
 from __future__ import annotations
 
 import codecs
+import logging
 import socket
 import struct
 from typing import Any
 
 import gevent
 from gevent.lock import RLock
+from gevent.pywsgi import Input
 from gevent.socket import socket as GeventSocket
 from geventwebsocket.handler import WebSocketHandler
-from geventwebsocket.websocket import Stream, WebSocket
+from geventwebsocket.websocket import WebSocket
 
 try:
     from wsaccel.xormask import XorMaskerSimple as _CMasker
 except ImportError:  # pragma: no cover - wsaccel is in requirements; keep working without it
     _CMasker = None
+
+log = logging.getLogger(__name__)
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 DATA_OPCODES = (OP_TEXT, OP_BINARY)
@@ -43,7 +47,19 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
 
-READ_BUFFER_BYTES = 1024  # per-connection read buffer (see ChatHandler.__init__)
+# What pywsgi's handler keeps of a parsed request, not read again once a WebSocket is open (the access line
+# reads the environ). "rfile" is the handshake's buffered reader (see ChatWebSocket.take_over_reads).
+REQUEST_ATTRIBUTES = ("rfile", "headers", "requestline", "command", "path", "request_version", "content_length",
+                      "result", "_deadline")
+
+NO_BODY = Input(None, 0)  # a WebSocket handshake has no request body
+
+# What gunicorn's access line reads from the environ of a WebSocket request (see ChatHandler._forget_request).
+ACCESS_LOG_ENVIRON = ("REMOTE_ADDR", "REQUEST_METHOD", "RAW_URI", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL",
+                      "HTTP_USER_AGENT", "HTTP_REFERER")
+
+READ_BUFFER_BYTES = 1024  # per-connection read buffer while the request is read (see ChatHandler.__init__)
+READ_CHUNK_BYTES = 4096  # what a WebSocket asks of the socket at a time (a frame and any behind it)
 
 
 def unmask(payload: bytes, key: bytes) -> bytes:
@@ -84,10 +100,15 @@ class ChatWebSocket(WebSocket):
     """A server-side WebSocket that enforces RFC 6455 and never interleaves frames."""
 
     __slots__ = ("max_message_bytes", "send_lock", "close_code", "close_reason", "_close_sent", "_socket", "_raw",
-                 "_tail")
+                 "_tail", "_rbuf", "_rpos")
 
-    def __init__(self, environ: dict, stream: Stream, handler: WebSocketHandler, max_message_bytes: int) -> None:
-        super().__init__(environ, stream, handler)
+    def __init__(self, environ: dict, handler: WebSocketHandler, max_message_bytes: int) -> None:
+        # Not the library's __init__: its UTF-8 validator and stream object are not used here, yet every
+        # open socket would keep them.
+        self.environ = environ
+        self.handler = handler
+        self.closed = False
+        self.raw_write = handler.socket.sendall
         self.max_message_bytes = max_message_bytes
         self.send_lock = RLock()
         self.close_code: int | None = None
@@ -98,13 +119,54 @@ class ChatWebSocket(WebSocket):
         # takes what fits in the kernel buffer and never waits.
         self._raw = handler.socket._sock if type(handler.socket) is GeventSocket else None
         self._tail = b""  # the unsent end of a frame written without waiting; goes out before anything else
+        self._rbuf = b""  # received and not yet read, from _rpos on; empty between messages, as a rule
+        self._rpos = 0
 
     # -- reading ----------------------------------------------------------------------------------
 
+    def take_over_reads(self, rfile: Any) -> None:
+        """Read from the socket directly from now on, starting with what the handshake's reader buffered.
+
+        A buffered reader holds its buffer for as long as it lives; an idle socket read directly holds none.
+        Only what `rfile` has already buffered is taken (a client may send frames right behind its request).
+        """
+        sock = self._socket
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)  # so the peek never waits on the socket
+        try:
+            self._rbuf = rfile.peek()
+        except OSError:
+            pass  # nothing buffered (TLS says "want read" rather than returning nothing)
+        finally:
+            sock.settimeout(timeout)
+
     def _read_exact(self, n: int) -> bytes:
-        data = self.raw_read(n)
-        if len(data) != n:
-            raise ConnectionResetError("peer closed the connection mid-frame")
+        buffered, start = self._rbuf, self._rpos
+        end = start + n
+        if end < len(buffered):
+            self._rpos = end
+            return buffered[start:end]
+        if end == len(buffered):
+            self._rbuf, self._rpos = b"", 0
+            return buffered[start:end]
+        return self._receive(n)
+
+    def _receive(self, n: int) -> bytes:
+        """`n` bytes: what is buffered, then from the socket; keeps what arrived beyond them."""
+        parts = [self._rbuf[self._rpos:]]
+        have = len(parts[0])
+        self._rbuf, self._rpos = b"", 0
+        recv = self._socket.recv
+        while have < n:
+            chunk = recv(max(n - have, READ_CHUNK_BYTES))
+            if not chunk:
+                raise ConnectionResetError("peer closed the connection mid-frame")
+            parts.append(chunk)
+            have += len(chunk)
+        data = b"".join(parts) if len(parts) > 1 else parts[0]
+        if have > n:
+            self._rbuf, self._rpos = data, n
+            return data[:n]
         return data
 
     def _read_frame(self, budget: int) -> tuple[bool, int, bytes]:
@@ -385,12 +447,14 @@ class ChatHandler(WebSocketHandler):
         except TimeoutError:
             return None
         finally:
-            self._deadline.close()
-            self._deadline = None
+            if self._deadline is not None:
+                self._deadline.close()
+                self._deadline = None
 
     def run_application(self) -> None:
         if self._deadline is not None:
             self._deadline.close()
+            self._deadline = None  # a WebSocket runs inside this request: let its timer go now
         super().run_application()
 
     def get_environ(self) -> dict[str, Any]:
@@ -425,16 +489,58 @@ class ChatHandler(WebSocketHandler):
         if websocket is not None and not isinstance(websocket, ChatWebSocket):
             websocket.closed = True  # never let the library's instance write a frame (its __del__ closes)
             max_bytes = policy.max_message_bytes if policy is not None else 65536
-            chat = ChatWebSocket(self.environ, Stream(self), self, max_bytes)
+            chat = ChatWebSocket(self.environ, self, max_bytes)
             self.websocket = chat
             self.environ["wsgi.websocket"] = chat
         return result
 
     def run_websocket(self) -> None:
+        """Serve the open socket from here, with the policy's route for its path, not through the WSGI app.
+
+        Through the app, every socket would keep a Flask request context and the whole call stack of the
+        app alive for as long as it stays open, idle or not; served from here it blocks in `recv` a few
+        frames above the handler. The access log line (101, time open) is still written when it ends.
+        """
+        policy = self._policy()
+        path = self.environ.get("PATH_INFO", "")
+        serve = policy.routes.get(path) if policy is not None else None
         try:
-            super().run_websocket()
+            if serve is None:
+                super().run_websocket()
+                return
+            ws = self.websocket
+            self._forget_request()
+            try:
+                serve(ws, self.environ.get("REMOTE_ADDR", ""))
+            except Exception:
+                log.exception("request failed", extra={"path": path})
+            finally:
+                if not ws.closed:
+                    ws.close()
+                self.websocket = None
         finally:
             self._release()
+
+    def _forget_request(self) -> None:
+        """Keep of the handshake request only what the access line reads when the socket ends; read directly.
+
+        The parsed headers (an email Message) and the full environ would otherwise stay alive with every open
+        socket. `ACCESS_LOG_ENVIRON` holds what gunicorn's access line takes from the environ for the service's
+        text and JSON formats (client, request line, path and query, user agent, referer); request and response
+        headers are not kept for it.
+        """
+        environ = self.environ
+        self.environ = {key: environ[key] for key in ACCESS_LOG_ENVIRON if key in environ}
+        self.response_headers = ()  # the 101's, sent
+        self.websocket.environ = self.environ
+        self.websocket.take_over_reads(self.rfile)
+        self.wsgi_input = NO_BODY  # pywsgi discards the rest of the request body when the response ends
+        # The request line and headers as parsed (class defaults take their place), and the handler's own
+        # attribute dict rebuilt at the size of what is left: a dict does not shrink when entries go.
+        attributes = self.__dict__
+        for name in REQUEST_ATTRIBUTES:
+            attributes.pop(name, None)
+        self.__dict__ = dict(attributes)
 
     def _release(self) -> None:
         policy, ip = self._policy(), self._counted_ip

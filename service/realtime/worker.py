@@ -31,6 +31,9 @@ def install(worker: Any) -> None:
     lets the hub finish what is in flight and close them at once (1001).
     """
     worker.wsgi_handler = LoggedChatHandler
+    # Every connection is a greenlet; recording the stack and tree each was spawned from (debugging aids of
+    # gevent, not used here) would cost every open socket memory.
+    gevent.config.track_greenlet_tree = False
     app = worker.wsgi
     hub = getattr(app, "extensions", {}).get("chat_hub")
     if hub is None:
