@@ -203,9 +203,10 @@ class Settings:
         "LOG_LEVEL", "info", _choice("debug", "info", "warning", "error", "critical"), "Log level."
     )
     log_format: str = setting("LOG_FORMAT", "text", _choice("text", "json"), "text or json lines.")
-    writer_batch: int = setting("WRITER_BATCH", "200", _int(1, 10_000), "Messages stored per INSERT at most.")
+    writer_batch: int = setting("WRITER_BATCH", "200", _int(1, 10_000), "Messages stored per transaction at most.")
     writer_concurrency: int = setting(
-        "WRITER_CONCURRENCY", "2", _int(1, 64), "Parallel message writers per worker."
+        "WRITER_CONCURRENCY", "2", _int(1, 64),
+        "Parallel message writers per worker; each keeps a database connection of its own.",
     )
 
     @property
