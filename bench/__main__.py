@@ -27,6 +27,7 @@ DEFAULTS = {  # per scenario: sessions, rate, duration
     "stack": {"duration": 5.0},
     "idle": {},
     "insert-baseline": {"duration": 3.0},
+    "writer": {"sessions": 400, "duration": 5.0},
 }
 
 

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from .load import CpuClock, Peer, Tally, closed_loop, drain, gather_bounded, paced, per_message
 from .profile import Recorder
-from .services import ROOT, ChatService, Process, pinned, start_baseline
+from .services import ROOT, ChatService, Process, create_mariadb_database, pinned, start_baseline
 
 AGENT_ID = 900_000_001
 
@@ -382,6 +382,26 @@ async def pymysql_baseline(opts: Namespace) -> list[dict]:
     return [{"scenario": "insert-loop", "target": "(a) PyMySQL INSERT+COMMIT", **await repeat(opts, once)}]
 
 
+async def writer(opts: Namespace) -> list[dict]:
+    """The message writer alone (storage half of the chat path): --sessions senders storing back to back."""
+
+    async def once() -> dict:
+        service = ChatService(database=opts.db)
+        if opts.db == "mariadb":
+            service.db_name = await asyncio.to_thread(create_mariadb_database)
+        try:
+            argv = pinned(opts.server_cpus, [sys.executable, "-m", "bench.writer_loop", service.database_url,
+                                             str(opts.sessions), str(opts.duration)])
+            out = await asyncio.to_thread(subprocess.run, argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+            if out.returncode:
+                raise RuntimeError(out.stderr[-2000:])
+            return json.loads(out.stdout.strip().splitlines()[-1])
+        finally:
+            await asyncio.to_thread(service.stop)
+
+    return [{"scenario": "writer", "target": f"{opts.db}, in-process", **await repeat(opts, once)}]
+
+
 SCENARIOS = {
     "throughput": throughput,
     "latency": latency,
@@ -390,4 +410,5 @@ SCENARIOS = {
     "fairness": fairness,
     "stack": stack,
     "insert-baseline": pymysql_baseline,
+    "writer": writer,
 }
