@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import time
+from collections import OrderedDict
 from typing import Any
 
 import gevent
@@ -68,7 +69,7 @@ class ChatHub:
         self.stopping = False
         self.inflight = 0  # client frames being handled right now (graceful shutdown waits for them)
         self.counters = {"messages_in": 0, "messages_out": 0, "stored": 0}
-        self._delivered: dict[int, None] = {}  # insertion-ordered: the oldest is dropped first
+        self._delivered: OrderedDict[int, None] = OrderedDict()  # the oldest is dropped first, in O(1)
         self._awaited: dict[int, gevent.event.Event] = {}
 
     # -- identities and sessions ------------------------------------------------------------------
@@ -194,7 +195,7 @@ class ChatHub:
         delivered = self._delivered
         delivered[message_id] = None
         if len(delivered) > RECENT_DELIVERIES:
-            del delivered[next(iter(delivered))]
+            delivered.popitem(last=False)  # (a plain dict's first key is O(n) to find after many deletions)
         waiter = self._awaited.pop(message_id, None)
         if waiter is not None:
             waiter.set()  # the waiting greenlet runs after this delivery has been handed to the room
