@@ -18,6 +18,7 @@ SUITE: list[tuple[str, list[str]]] = [
     ("echo stack vs baselines (b), (c)", ["stack", "--servers", "service,gevent,websockets"]),
     ("fairness 100 x 4 (echo, chat) on SQLite", ["fairness", "--db", "sqlite"]),
     ("baseline (a)", ["insert-baseline"]),
+    ("message writer alone, MariaDB", ["writer", "--db", "mariadb"]),
     ("throughput MariaDB", ["throughput", "--db", "mariadb", "--sessions", "200", *RAMP]),
     ("throughput SQLite", ["throughput", "--db", "sqlite", "--sessions", "200", *RAMP]),
     ("latency MariaDB", ["latency", "--db", "mariadb"]),
