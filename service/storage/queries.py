@@ -8,6 +8,7 @@ SQLAlchemy's pool is not fair under gevent (some greenlets starve while others g
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -56,6 +57,7 @@ class Storage:
     def __init__(self, engine: Engine, tz: ZoneInfo, concurrency: int = 8, writer_engine: Engine | None = None) -> None:
         self.engine = engine
         self.writer_engine = writer_engine or engine  # where message writers open their own connections
+        self._now: tuple[int, datetime] = (-1, datetime.min)
         self.tz = tz
         self._gate = BoundedSemaphore(concurrency)
         # Schema creation still owed (the database was down at start-up); run on the next use, once.
@@ -64,8 +66,14 @@ class Storage:
     # -- plumbing ---------------------------------------------------------------------------------
 
     def now(self) -> datetime:
-        """Wall-clock time in APP_TIMEZONE, to the second, naive (the legacy column format)."""
-        return datetime.now(self.tz).replace(tzinfo=None, microsecond=0)
+        """Wall-clock time in APP_TIMEZONE, to the second, naive (the legacy column format).
+
+        Computed once per second: every message asks for it.
+        """
+        second = int(time.time())
+        if second != self._now[0]:
+            self._now = (second, datetime.fromtimestamp(second, self.tz).replace(tzinfo=None))
+        return self._now[1]
 
     def _prepare_if_owed(self) -> None:
         if self.prepare is not None:

@@ -154,11 +154,15 @@ class OneTripBatch:
         statements: list[str] = []
         params: list = []
         chunks = 0
-        for start in range(0, len(messages), ROWS_PER_STATEMENT):
+        stamps: dict[datetime, str] = {}  # a batch holds a second or two: format each once (the driver's
+        for start in range(0, len(messages), ROWS_PER_STATEMENT):  # datetime escaping costs 5x a string's)
             chunk = messages[start:start + ROWS_PER_STATEMENT]
             statements.append(self.insert.head + ", ".join([self.insert.row] * len(chunk)) + " RETURNING id")
             for m in chunk:
-                params += (m.session_id, m.sender_id, m.sender_role, m.content, m.client_msg_id, m.created_at)
+                at = stamps.get(m.created_at)
+                if at is None:
+                    at = stamps[m.created_at] = m.created_at.isoformat(" ")
+                params += (m.session_id, m.sender_id, m.sender_role, m.content, m.client_msg_id, at)
             chunks += 1
         if first_reply:
             cases = " ".join(["WHEN %s THEN %s"] * len(first_reply))
