@@ -175,16 +175,18 @@ def test_logs_carry_ids_and_access_lines_but_never_message_content(
         return entries, [e for e in entries if e["logger"] == "gunicorn.access"]
 
     def logged() -> list[str] | None:
-        """Every line the test looks for; the WebSocket's access line is written when it ends, which may be
-        after the last /healthz (the readiness probe logged one /healthz already)."""
+        """The log once it holds every line the test looks for. Workers write them as the events end, in no
+        promised order (the WebSocket's access line when it closes, possibly after the last /healthz)."""
         lines = server.log().splitlines()
-        if sum("/healthz" in line for line in lines) < 2:
-            return None
         if log_format == "json":
-            _, access = access_lines(lines)
-            return lines if any(e["status"] == 101 and e["path"] == "/" for e in access) else None
-        ours = any(f"session_id={session_id}" in line and f"user_id={user}" in line for line in lines)
-        return lines if ours else None
+            entries, access = access_lines(lines)
+            complete = (any(e["event"] == "joined" for e in entries)
+                        and any(e["path"] == "/healthz" for e in access)
+                        and any(e["status"] == 101 and e["path"] == "/" for e in access))
+        else:
+            complete = (any("gunicorn.access" in line and '"GET /healthz HTTP/1.1" 200' in line for line in lines)
+                        and any(f"session_id={session_id}" in line and f"user_id={user}" in line for line in lines))
+        return lines if complete else None
 
     lines = wait_until(logged)
     assert marker not in server.log()
