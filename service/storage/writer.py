@@ -109,28 +109,35 @@ class MessageInsert:
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         self.head = f"INSERT INTO {messages_table.name} ({', '.join(MESSAGE_COLUMNS)}) VALUES "
         self.row = "(" + ", ".join([mark] * len(MESSAGE_COLUMNS)) + ")"
-        # SQLite keeps DATETIME as text in SQLAlchemy's format; PyMySQL takes datetime objects as they are.
-        self.to_db = messages_table.c.created_at.type.bind_processor(dialect) or (lambda value: value)
+        # Timestamps go as text: SQLite keeps DATETIME in SQLAlchemy's text format, and MySQL parses
+        # "YYYY-MM-DD HH:MM:SS" (PyMySQL escapes a datetime at 5x the cost of a string).
+        self.to_db = messages_table.c.created_at.type.bind_processor(dialect) or (lambda value: value.isoformat(" "))
+
+    def chunks(self, messages: list[NewMessage]) -> Iterator[tuple[str, list, int]]:
+        """(statement, parameters, rows) for each chunk of at most ROWS_PER_STATEMENT messages."""
+        stamps: dict[datetime, str] = {}  # a batch spans a second or two: each converted once
+        for start in range(0, len(messages), ROWS_PER_STATEMENT):
+            chunk = messages[start:start + ROWS_PER_STATEMENT]
+            params: list = []
+            for m in chunk:
+                at = stamps.get(m.created_at)
+                if at is None:
+                    at = stamps[m.created_at] = self.to_db(m.created_at)
+                params += (m.session_id, m.sender_id, m.sender_role, m.content, m.client_msg_id, at)
+            yield self.head + ", ".join([self.row] * len(chunk)) + " RETURNING id", params, len(chunk)
 
     def __call__(self, dbapi_connection, messages: list[NewMessage]) -> list[int]:
         ids: list[int] = []
-        to_db = self.to_db
         cursor = dbapi_connection.cursor()
         try:
-            for start in range(0, len(messages), ROWS_PER_STATEMENT):
-                chunk = messages[start:start + ROWS_PER_STATEMENT]
-                params: list = []
-                for m in chunk:
-                    params += (m.session_id, m.sender_id, m.sender_role, m.content, m.client_msg_id,
-                               to_db(m.created_at))
-                statement = self.head + ", ".join([self.row] * len(chunk)) + " RETURNING id"
+            for statement, params, rows in self.chunks(messages):
                 try:
                     cursor.execute(statement, params)
                 except self.dbapi_error as exc:  # as SQLAlchemy would raise it (IntegrityError, OperationalError...)
                     raise DBAPIError.instance(statement, params, exc, self.dbapi_error) from exc
                 returned = sorted(row[0] for row in cursor.fetchall())
-                if len(returned) != len(chunk):
-                    raise StorageError(f"INSERT returned {len(returned)} ids for {len(chunk)} rows")
+                if len(returned) != rows:
+                    raise StorageError(f"INSERT returned {len(returned)} ids for {rows} rows")
                 ids += returned
         finally:
             cursor.close()
@@ -146,24 +153,17 @@ class OneTripBatch:
     """
 
     def __init__(self, dialect) -> None:
-        self.dbapi_error = dialect.loaded_dbapi.Error
         self.insert = MessageInsert(dialect)
+        self.dbapi_error = self.insert.dbapi_error
 
     def __call__(self, dbapi_connection, messages: list[NewMessage], first_reply: dict[int, datetime],
                  counts: list[dict]) -> list[int]:
         statements: list[str] = []
         params: list = []
-        chunks = 0
-        stamps: dict[datetime, str] = {}  # a batch holds a second or two: format each once (the driver's
-        for start in range(0, len(messages), ROWS_PER_STATEMENT):  # datetime escaping costs 5x a string's)
-            chunk = messages[start:start + ROWS_PER_STATEMENT]
-            statements.append(self.insert.head + ", ".join([self.insert.row] * len(chunk)) + " RETURNING id")
-            for m in chunk:
-                at = stamps.get(m.created_at)
-                if at is None:
-                    at = stamps[m.created_at] = m.created_at.isoformat(" ")
-                params += (m.session_id, m.sender_id, m.sender_role, m.content, m.client_msg_id, at)
-            chunks += 1
+        for statement, chunk_params, _rows in self.insert.chunks(messages):
+            statements.append(statement)
+            params += chunk_params
+        chunks = len(statements)
         if first_reply:
             cases = " ".join(["WHEN %s THEN %s"] * len(first_reply))
             ids = ", ".join(["%s"] * len(first_reply))
