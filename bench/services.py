@@ -64,6 +64,19 @@ def clean_env(**overrides: object) -> dict[str, str]:
     return env
 
 
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Signal a server started in a process group of its own and wait for it; SIGKILL after `timeout`."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        except ProcessLookupError:
+            pass
+
+
 @dataclass
 class Process:
     """A server process (group) we started."""
@@ -111,15 +124,7 @@ class Process:
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-            except ProcessLookupError:
-                pass
+        stop_group(self.proc, signal.SIGTERM, timeout)
         self._log.close()
 
     def log(self) -> str:

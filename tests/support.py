@@ -21,6 +21,7 @@ from typing import Any
 
 import websocket
 
+from bench.services import stop_group
 from service.config import settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,15 +108,7 @@ class Server:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, sig)
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-            except ProcessLookupError:
-                pass
+        stop_group(self.proc, sig, timeout)
         self._log.close()
         return self.proc.returncode
 
