@@ -187,6 +187,16 @@ def typing(client: Client, session_id: int, state: str) -> None:
     client.send({"type": "typing", "session_id": session_id, "state": state})
 
 
+def typist_and_watcher(server: Server, agent_id: int) -> tuple[int, int, Client, Client]:
+    """A customer's session, the customer's connection (not joined) and a joined agent: (customer, session,
+    typist, agent)."""
+    customer = fresh_id()
+    session_id = server.open_session(customer)
+    typist, agent = server.client(customer), server.client(agent_id)
+    agent.join(session_id)
+    return customer, session_id, typist, agent
+
+
 def test_typing_reaches_the_others_not_the_sender_and_is_not_stored(chat_server: Server, agent_id: int) -> None:
     """start/stop go to every other connection of the session (the sender's other devices too), never stored."""
     customer = fresh_id()
@@ -205,10 +215,7 @@ def test_typing_reaches_the_others_not_the_sender_and_is_not_stored(chat_server:
 
 def test_typing_stops_by_itself_after_the_timeout(chat_server: Server, agent_id: int) -> None:
     """A start with no stop is stopped by the server after TYPING_TIMEOUT; a repeated start restarts the clock."""
-    customer = fresh_id()
-    session_id = chat_server.open_session(customer)
-    typist, agent = chat_server.client(customer), chat_server.client(agent_id)
-    agent.join(session_id)
+    customer, session_id, typist, agent = typist_and_watcher(chat_server, agent_id)
     typing(typist, session_id, "start")
     started = time.monotonic()
     assert agent.recv()["state"] == "start"
@@ -223,10 +230,7 @@ def test_typing_stops_by_itself_after_the_timeout(chat_server: Server, agent_id:
 
 def test_a_sent_message_ends_typing(chat_server: Server, agent_id: int) -> None:
     """Sending a message implies stop: the room gets the message, then the stop (and no second stop later)."""
-    customer = fresh_id()
-    session_id = chat_server.open_session(customer)
-    typist, agent = chat_server.client(customer), chat_server.client(agent_id)
-    agent.join(session_id)
+    customer, session_id, typist, agent = typist_and_watcher(chat_server, agent_id)
     typing(typist, session_id, "start")
     assert agent.recv()["state"] == "start"
     typist.say(session_id, "done typing")
@@ -237,10 +241,7 @@ def test_a_sent_message_ends_typing(chat_server: Server, agent_id: int) -> None:
 
 def test_a_closed_connection_ends_typing(chat_server: Server, agent_id: int) -> None:
     """A typist that disconnects is stopped at once, not after the timeout."""
-    customer = fresh_id()
-    session_id = chat_server.open_session(customer)
-    typist, agent = chat_server.client(customer), chat_server.client(agent_id)
-    agent.join(session_id)
+    customer, session_id, typist, agent = typist_and_watcher(chat_server, agent_id)
     typing(typist, session_id, "start")
     assert agent.recv()["state"] == "start"
     typist.close()
@@ -249,10 +250,7 @@ def test_a_closed_connection_ends_typing(chat_server: Server, agent_id: int) -> 
 
 def test_stop_without_start_relays_nothing(chat_server: Server, agent_id: int) -> None:
     """A stop from a connection that was not typing is ignored (no frame to anyone)."""
-    customer = fresh_id()
-    session_id = chat_server.open_session(customer)
-    typist, agent = chat_server.client(customer), chat_server.client(agent_id)
-    agent.join(session_id)
+    customer, session_id, typist, agent = typist_and_watcher(chat_server, agent_id)
     typing(typist, session_id, "stop")
     assert typist.barrier() == []
     assert agent.barrier() == []  # one worker: a relay would be queued before the typist's pong
