@@ -252,7 +252,7 @@ class WriterConnection:
 
         `commit=False`: the caller commits or rolls back itself (OneTripBatch sends its own COMMIT).
         """
-        conn = self._ready()
+        conn = self.ready()
         try:
             if commit:
                 with conn.begin():
@@ -274,7 +274,9 @@ class WriterConnection:
         finally:
             self._used = time.monotonic()
 
-    def _ready(self) -> Connection:
+    def ready(self) -> Connection:
+        """The open connection, pinged first when it idled past IDLE_PING_SECONDS; its shard and `one_trip` are
+        known from here on. StorageError when the database cannot be reached."""
         conn = self.conn
         if conn is not None and time.monotonic() - self._used > IDLE_PING_SECONDS:
             try:
@@ -295,6 +297,7 @@ class WriterConnection:
                 conn.close()
                 raise StorageError(exc.__class__.__name__) from exc
             self.conn = conn
+        self._used = time.monotonic()
         return conn
 
     def drop(self) -> None:
@@ -461,32 +464,24 @@ class MessageWriter:
 
     def _insert(self, link: WriterConnection, messages: list[NewMessage]) -> list[int]:
         """Insert in one transaction; ids in the order given. Agent replies also mark first responses."""
-        if self._one_trip is not None:
-            ids = self._insert_one_trip(link, messages)
-            if ids is not None:
-                return ids
-        with link.transaction() as conn:
-            if self._returning:
-                ids = self._insert_rows(conn.connection.dbapi_connection, messages)
-            else:
-                # No RETURNING (MySQL): still one transaction and one commit for the whole batch.
-                ids = [conn.execute(insert(messages_table), m.as_row()).inserted_primary_key[0] for m in messages]
-            first_reply = {k: v for k, v in first_agent_reply(messages).items() if k not in self._answered}
-            if first_reply:
-                conn.execute(first_response_update(first_reply))
-            # Last, so the hour's counter rows stay locked only for the commit.
-            conn.execute(self._hourly, hourly_counts(messages, link.shard))
-        self._remember_answered(first_reply)
-        return ids
-
-    def _insert_one_trip(self, link: WriterConnection, messages: list[NewMessage]) -> list[int] | None:
-        """The batch as one query (MariaDB); None when this connection turns out not to allow it."""
         first_reply = {k: v for k, v in first_agent_reply(messages).items() if k not in self._answered}
-        with link.transaction(commit=False) as conn:
-            if not link.one_trip:
-                return None
-            ids = self._one_trip(conn.connection.dbapi_connection, messages, first_reply,
-                                 hourly_counts(messages, link.shard))
+        link.ready()  # (re)connects first: the shard, and whether the batch can go as one query, depend on it
+        one_trip = self._one_trip if link.one_trip else None
+        with link.transaction(commit=one_trip is None) as conn:  # one trip: the query carries its own COMMIT
+            counts = hourly_counts(messages, link.shard)
+            if one_trip is not None:
+                ids = one_trip(conn.connection.dbapi_connection, messages, first_reply, counts)
+            else:
+                if self._returning:
+                    ids = self._insert_rows(conn.connection.dbapi_connection, messages)
+                else:
+                    # No RETURNING (MySQL): still one transaction and one commit for the whole batch.
+                    ids = [conn.execute(insert(messages_table), m.as_row()).inserted_primary_key[0]
+                           for m in messages]
+                if first_reply:
+                    conn.execute(first_response_update(first_reply))
+                # Last, so the hour's counter rows stay locked only for the commit.
+                conn.execute(self._hourly, counts)
         self._remember_answered(first_reply)
         return ids
 
