@@ -140,6 +140,16 @@ class Server:
         except ValueError:
             return status, payload.decode("utf-8", "replace")
 
+    def readiness(self, timeout: float = 15.0) -> tuple[int, Any]:
+        """/readyz once it answers 200, or its last answer after `timeout`: a worker that has just booted may not
+        have subscribed to Redis yet, and says so (503, backplane degraded) until it has."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, body = self.http("GET", "/readyz")
+            if status == 200 or time.monotonic() > deadline:
+                return status, body
+            time.sleep(0.1)  # polling an HTTP endpoint: there is no event to wait on
+
     def open_session(self, user_id: int) -> int:
         status, body = self.http("POST", "/api/sessions", {"user_id": user_id})
         assert status in (200, 201), (status, body)

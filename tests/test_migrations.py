@@ -246,7 +246,7 @@ def test_workers_starting_together_on_an_empty_database_all_boot(server_factory,
         url, name = create_mariadb_database()
         try:
             server = server_factory(database_url=url, workers=4, REDIS_URL=redis_url)
-            status, body = server.http("GET", "/readyz")
+            status, body = server.readiness()
             assert status == 200, body
             server.stop()
             assert "refuses" not in server.log() and "Worker failed to boot" not in server.log()
