@@ -16,7 +16,7 @@ import time
 
 import uvloop
 
-from .scenarios import SCENARIOS
+from .scenarios import AGENT_ID, SCENARIOS
 from .services import pin_self
 
 DEFAULTS = {  # per scenario: sessions, rate, duration
@@ -36,6 +36,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", choices=sorted(SCENARIOS))
     p.add_argument("--url", help="target a running service (ws://127.0.0.1:PORT) instead of starting one")
+    p.add_argument("--agent-id", type=int, default=AGENT_ID,
+                   help="the agent user the sessions' agents sign in as (started services register it; with --url "
+                        "register it on the target first: python -m service agent add ID)")
     p.add_argument("--db", choices=("sqlite", "mariadb"), default="sqlite", help="database of the started service")
     p.add_argument("--workers", type=int, default=1, help="gunicorn workers of the started service")
     p.add_argument("--redis", action="store_true", help="give the started service REDIS_URL (cross-worker fan-out)")

@@ -41,7 +41,7 @@ class Target:
             self.service = ChatService(database=self.opts.db, workers=self.opts.workers, redis=self.opts.redis,
                                        cpus=self.opts.server_cpus).start()
             self.port = self.service.port
-            self.service.add_agent(AGENT_ID)
+            self.service.add_agent(self.opts.agent_id)
         return self
 
     def stop(self) -> None:
@@ -92,10 +92,16 @@ async def chat_rooms(t: Target, sessions: int, agents_per_session: int) -> tuple
     async def ready(peer: Peer, user_id: int, session_id: int) -> None:
         await peer.open(t.host, t.port)
         await peer.auth(user_id)
-        await peer.join(session_id)
+        try:
+            await peer.join(session_id)
+        except RuntimeError as exc:
+            if user_id == t.opts.agent_id and '"forbidden"' in str(exc):
+                raise SystemExit(f"bench: user {user_id} is not an agent of {t.label()}: register it there "
+                                 f"(python -m service agent add {user_id}) or pass --agent-id") from exc
+            raise
 
     jobs = [ready(c, base + i, session_ids[i]) for i, c in enumerate(customers)]
-    jobs += [ready(a, AGENT_ID, session_ids[i // agents_per_session]) for i, a in enumerate(agents)]
+    jobs += [ready(a, t.opts.agent_id, session_ids[i // agents_per_session]) for i, a in enumerate(agents)]
     await gather_bounded(jobs)
     for i, c in enumerate(customers):
         c.room = [c, *agents[i * agents_per_session:(i + 1) * agents_per_session]]
