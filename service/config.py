@@ -103,6 +103,13 @@ def _redis_prefix(raw: str) -> str:
     return value
 
 
+def _table_prefix(raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_]{0,32}", value):
+        raise ValueError("empty, or up to 32 letters, digits or _ such as cs_")
+    return value
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/").lower() for o in raw.split(",") if o.strip())
 
@@ -140,6 +147,10 @@ class Settings:
     )
     database_url: str = setting(
         "DATABASE_URL", "sqlite:///var/chat.db", _database_url, "sqlite:///path (embedded) or mysql+pymysql://..."
+    )
+    table_prefix: str = setting(
+        "TABLE_PREFIX", "", _table_prefix,
+        "Prefix of every table and report view (e.g. cs_), to share a database with other apps.",
     )
     redis_url: str = setting("REDIS_URL", "", _redis_url, "Redis for cross-worker fan-out; empty = single worker.")
     redis_channel_prefix: str = setting(

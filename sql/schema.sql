@@ -4,7 +4,8 @@
 -- revision (service/storage/migrations/versions/), regenerate this file.
 --
 -- Times are naive DATETIMEs in APP_TIMEZONE (the legacy convention). The report views are in reports.sql.
--- Schema revision: 0004
+-- client_msg_id uses MariaDB's utf8mb4_nopad_bin (byte-exact); on MySQL 8 write utf8mb4_0900_bin instead.
+-- Schema revision: 0005
 
 CREATE TABLE IF NOT EXISTS agents (
 	user_id BIGINT NOT NULL,
@@ -49,7 +50,7 @@ CREATE TABLE IF NOT EXISTS chat_messages (
 	sender_id BIGINT NOT NULL,
 	sender_role VARCHAR(16) NOT NULL,
 	content MEDIUMTEXT NOT NULL,
-	client_msg_id VARCHAR(64),
+	client_msg_id VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin,
 	created_at DATETIME NOT NULL,
 	PRIMARY KEY (id),
 	CONSTRAINT uq_chat_messages_client_msg UNIQUE (session_id, sender_id, client_msg_id),
@@ -86,4 +87,4 @@ CREATE TABLE IF NOT EXISTS alembic_version (
 	version_num VARCHAR(32) NOT NULL,
 	CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
-INSERT IGNORE INTO alembic_version (version_num) VALUES ('0004');
+INSERT IGNORE INTO alembic_version (version_num) VALUES ('0005');

@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from ..config import Settings
-from .models import db
+from .models import apply_table_prefix, db
 from .queries import Storage, StorageError
 from .records import AgentRecord, MessageRecord, NewMessage, SessionRecord
 from .schema import SchemaError, prepare_for_serving
@@ -81,6 +81,7 @@ def init_storage(app: Flask, settings: Settings, create_tables: bool = True) -> 
     With `create_tables`, an empty database gets the whole schema and one at an older revision is refused
     (SchemaError: run `python -m service db upgrade`); see storage/schema.py.
     """
+    apply_table_prefix(settings.table_prefix)
     if settings.is_sqlite:
         path = settings.database_url.removeprefix("sqlite:///")
         if path and ":memory:" not in path:

@@ -20,10 +20,14 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.schema import ForeignKeyConstraint
+
+from . import naming
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; MySQL gets BIGINT.
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -33,6 +37,28 @@ LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 CREATED_DAY = "DATE(created_at)"
 # How a session ended (chat_sessions.close_reason): who asked, or the idle sweeper.
 CLOSE_REASONS = ("customer", "agent", "backend", "idle")
+
+
+class ExactString(TypeDecorator):
+    """Text compared byte for byte on every backend. MySQL/MariaDB's utf8mb4_unicode_ci (and even utf8mb4_bin,
+    which pads trailing spaces) would make "Key-AbC", "key-abc", "key-abc " and "kéy-abc" one key: the column
+    gets the NO PAD binary collation of each server. SQLite compares TEXT exactly already."""
+
+    impl = String
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.VARCHAR(self.impl.length, charset="utf8mb4",
+                                                         collation=exact_collation(dialect)))
+        return dialect.type_descriptor(String(self.impl.length))
+
+
+def exact_collation(dialect) -> str:
+    """MariaDB's NO PAD binary utf8mb4 collation, or MySQL 8's (MariaDB 10.11 does not know the latter)."""
+    return "utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
+
+
 MYSQL_TABLE = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"}
 
 
@@ -98,7 +124,8 @@ class ChatMessage(db.Model):
     sender_role: Mapped[str] = mapped_column(String(16), nullable=False)
     content: Mapped[str] = mapped_column(LongText, nullable=False)
     # Idempotency key chosen by the client; unique per sender and session, NULLs never collide.
-    client_msg_id: Mapped[str | None] = mapped_column(String(64))
+    # Byte-exact (revision 0005): see ExactString.
+    client_msg_id: Mapped[str | None] = mapped_column(ExactString(64))
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
 
     __table_args__ = (
@@ -184,3 +211,23 @@ agents_table = Agent.__table__
 events_table = ChatSessionEvent.__table__
 message_hourly_table = ChatMessageHourly.__table__
 read_states_table = ChatReadState.__table__
+
+
+BASE_NAMES = {table: table.name for table in db.metadata.tables.values()}
+BASE_CONSTRAINT_NAMES = {
+    constraint: constraint.name
+    for table in db.metadata.tables.values()
+    for constraint in table.constraints
+    if isinstance(constraint, ForeignKeyConstraint)
+}
+
+
+def apply_table_prefix(prefix: str) -> None:
+    """Rename our tables (and their foreign keys, whose names InnoDB wants unique in a whole database) to
+    TABLE_PREFIX + the base name. Table names are part of SQLAlchemy's statement cache key, so statements
+    compiled under another prefix are never reused; the metadata keeps its keys (the base names)."""
+    naming.set_prefix(prefix)
+    for table, base in BASE_NAMES.items():
+        table.name = table.fullname = naming.name(base)
+    for constraint, base in BASE_CONSTRAINT_NAMES.items():
+        constraint.name = naming.name(base)

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Integer, and_, case, cast, func, literal_column, select, text
 
+from . import naming
 from .models import agents_table, message_hourly_table, sessions_table
 from .queries import Storage
 
@@ -185,7 +186,7 @@ class Reports:
                     COUNT(r.frt_seconds) OVER ({part}) AS frt_count,
                     ROW_NUMBER() OVER ({part} ORDER BY r.handling_seconds IS NULL, r.handling_seconds) AS handling_rank,
                     COUNT(r.handling_seconds) OVER ({part}) AS handling_count
-                FROM report_sessions r
+                FROM {naming.name('report_sessions')} r
                 WHERE r.day BETWEEN :first AND :last {"AND r.agent_id IS NOT NULL" if by_agent else ""}
             ) x
             GROUP BY x.k"""
@@ -213,11 +214,13 @@ class Reports:
             sessions = {
                 _day(row.pop("day")): {name: _integral(name, row[name]) for name in FIGURES}
                 for row in self._view(
-                    "SELECT * FROM report_sessions_daily WHERE day BETWEEN :first AND :last", first=first, last=last
+                    f"SELECT * FROM {naming.name('report_sessions_daily')} WHERE day BETWEEN :first AND :last",
+                    first=first, last=last,
                 )
             }
             from_views = self._view(
-                "SELECT * FROM report_messages_daily WHERE day BETWEEN :first AND :last", first=first, last=last
+                f"SELECT * FROM {naming.name('report_messages_daily')} WHERE day BETWEEN :first AND :last",
+                first=first, last=last,
             )
             messages = {_day(row.pop("day")): {n: int(row[n]) for n in MESSAGE_FIGURES} for row in from_views}
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from service.storage.models import db
+from service.storage.naming import name
 
 config = context.config
 connection = config.attributes["connection"]
@@ -15,6 +16,7 @@ context.configure(
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
     transaction_per_migration=True,
+    version_table=name("alembic_version"),  # TABLE_PREFIX: beside another app's own alembic_version
 )
 with context.begin_transaction():
     context.run_migrations()

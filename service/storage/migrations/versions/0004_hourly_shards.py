@@ -15,10 +15,16 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from service.storage.migrations import steps
+from service.storage.naming import name as t  # TABLE_PREFIX
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
+
+# What a downgrade below this revision loses (shown before `db downgrade` asks for confirmation).
+LOSES = ""  # the hourly counts are summed into one row per hour, role and agent: no figure is lost
 
 MYSQL_TABLE = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"}
 KEY = ("day", "hour", "sender_role", "sender_id")
@@ -36,19 +42,29 @@ def _create(name: str, sharded: bool) -> None:
                                  server_default="0"))
     columns.append(sa.Column("messages", sa.Integer(), nullable=False))
     key = (*KEY, "shard") if sharded else KEY
-    op.create_table(name, *columns, sa.PrimaryKeyConstraint(*key), **MYSQL_TABLE)
+    steps.create_table(name, *columns, sa.PrimaryKeyConstraint(*key), **MYSQL_TABLE)
 
 
 def _replace(sharded: bool) -> None:
-    """Build the other shape beside the table, copy the counts over (summed), and swap it in."""
+    """Build the other shape beside the table, copy the counts over (summed), and swap it in. Each step can
+    be run again after a failure part-way (MySQL commits DDL at once): a finished swap is skipped, a copy
+    left over is rebuilt, and a swap stopped between DROP and RENAME is completed."""
     key = ", ".join(KEY)
-    _create("chat_message_hourly_next", sharded)
+    hourly, following = t("chat_message_hourly"), t("chat_message_hourly_next")
+    if not steps.has_table(hourly) and steps.has_table(following):
+        op.rename_table(following, hourly)
+        return
+    if steps.has_column(hourly, "shard") == sharded:
+        steps.drop_table(following)
+        return
+    steps.drop_table(following)
+    _create(following, sharded)
     op.execute(
-        f"INSERT INTO chat_message_hourly_next ({key}, messages)"
-        f" SELECT {key}, SUM(messages) FROM chat_message_hourly GROUP BY {key}"
+        f"INSERT INTO {following} ({key}, messages)"
+        f" SELECT {key}, SUM(messages) FROM {hourly} GROUP BY {key}"
     )
-    op.drop_table("chat_message_hourly")
-    op.rename_table("chat_message_hourly_next", "chat_message_hourly")
+    op.drop_table(hourly)
+    op.rename_table(following, hourly)
 
 
 def upgrade() -> None:
