@@ -19,8 +19,12 @@ from . import Context, cli, pass_context
 @click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same traffic.")
 @pass_context
 def demo_data(ctx: Context, sessions: int, messages: int, days: int, agents: int, seed: int) -> None:
-    """Add SESSIONS sessions and MESSAGES messages over the last DAYS days (never on a production database)."""
+    """Add SESSIONS sessions and MESSAGES messages over the last DAYS days (never on a production database).
+
+    Progress goes to stderr: a bar with counts and rate on a terminal, a line every 5 s otherwise.
+    """
     from ..storage.demo import generate
+    from ..storage.progress import Progress
 
     if messages < sessions:
         raise click.BadParameter("must be at least --sessions (every session has a message)", param_hint="--messages")
@@ -28,7 +32,7 @@ def demo_data(ctx: Context, sessions: int, messages: int, days: int, agents: int
     started = time.perf_counter()
     try:
         summary = generate(storage.engine, storage.now(), sessions, messages, days, agents, seed,
-                           progress=lambda line: click.echo(line, err=True))
+                           progress=Progress.to_stderr("demo-data: messages", messages))
     except (SQLAlchemyError, StorageError) as exc:
         first_line = str(exc).splitlines()[0][:300]
         raise click.ClickException(f"database error: {exc.__class__.__name__}: {first_line}") from None

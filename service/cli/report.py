@@ -11,6 +11,8 @@ import click
 from ..storage import StorageError
 from . import Context, cli, pass_context
 
+LONG_RANGE_DAYS = 31  # longer ranges show progress on stderr
+
 HEADINGS = {
     "agent_id": "agent",
     "display_name": "name",
@@ -43,8 +45,12 @@ def _cell(value) -> str:
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @pass_context
 def report(ctx: Context, first: str | None, last: str | None, fmt: str) -> None:
-    """Per-agent figures for sessions opened from --from to --to (the numbers of GET /api/reports/agents)."""
-    from ..storage.reports import AGENT_COLUMNS, Reports, parse_range
+    """Per-agent figures for sessions opened from --from to --to (the numbers of GET /api/reports/agents).
+
+    Over more than 31 days, progress goes to stderr (a bar on a terminal, plain lines otherwise).
+    """
+    from ..storage.progress import Progress
+    from ..storage.reports import AGENT_COLUMNS, AGENT_QUERIES, Reports, parse_range
 
     storage = ctx.storage
     try:
@@ -52,7 +58,10 @@ def report(ctx: Context, first: str | None, last: str | None, fmt: str) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--from/--to") from None
     try:
-        result = Reports(storage).agents(day_from, day_to)
+        days = (day_to - day_from).days + 1
+        long_range = days > LONG_RANGE_DAYS
+        progress = Progress.to_stderr(f"report over {days} days: queries", AGENT_QUERIES) if long_range else None
+        result = Reports(storage).agents(day_from, day_to, progress=progress)
     except StorageError as exc:
         raise click.ClickException(f"database unavailable: {exc}") from None
     rows = result["agents"]

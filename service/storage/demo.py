@@ -12,13 +12,13 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, func, insert, select, text
 
 from .models import agents_table, events_table, messages_table, sessions_table
+from .progress import Progress
 from .writer import hourly_upsert
 
 BATCH = 5_000
@@ -46,9 +46,10 @@ def generate(
     days: int = 60,
     agents: int = 20,
     seed: int = 1,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> DemoSummary:
-    """Insert `sessions` sessions and `messages` messages (at least one per session) ending at `now`."""
+    """Insert `sessions` sessions and `messages` messages (at least one per session) ending at `now`;
+    `progress` advances by the messages stored (a bar on a terminal, periodic lines otherwise)."""
     if sessions < 1 or messages < sessions:
         raise ValueError("need at least one session and at least one message per session")
     rng = random.Random(seed)
@@ -87,6 +88,8 @@ def generate(
                     conn.execute(insert(table), rows)
                     totals[key] += len(rows)
                     if table is messages_table:
+                        if progress is not None:
+                            progress.advance(len(rows))
                         for m in rows:
                             at = m["created_at"]
                             sender = m["sender_id"] if m["sender_role"] == "agent" else 0
@@ -98,10 +101,9 @@ def generate(
                 for i in range(0, len(counts), BATCH):
                     conn.execute(hourly_upsert(engine.dialect.name), counts[i : i + BATCH])
             if progress is not None and final:
-                progress(f"{totals['sessions']} sessions, {totals['messages']} messages")
+                progress.done()
 
         opened_times = sorted(_opening_time(rng, start, span_days, now) for _ in range(sessions))
-        reported = 0
         open_from = max(0, sessions - max(1, sessions // 50))  # the newest 2 % are still open
         for index, (opened, count) in enumerate(zip(opened_times, counts, strict=True)):
             session_id = next_session + index
@@ -115,9 +117,6 @@ def generate(
             event_rows.extend(events)
             if len(session_rows) >= BATCH // 5 or len(message_rows) >= BATCH:
                 flush()
-                if progress is not None and totals["messages"] >= reported + 200_000:
-                    reported = totals["messages"]
-                    progress(f"{index + 1}/{sessions} sessions, {reported} messages")
         flush(final=True)
     return DemoSummary(
         sessions=totals["sessions"],

@@ -257,16 +257,23 @@ class Reports:
             "longest_wait_seconds": longest,
         }
 
-    def agents(self, first: date, last: date) -> dict[str, Any]:
-        """One row per agent for the range: report_agent_daily's figures over the range, messages, open now."""
+    def agents(self, first: date, last: date, progress: Any = None) -> dict[str, Any]:
+        """One row per agent for the range: report_agent_daily's figures over the range, messages, open now.
+
+        `progress` (service.storage.progress.Progress over AGENT_QUERIES steps) advances after each query."""
+        step = progress.advance if progress is not None else (lambda n=1: None)
         by_agent = self.range_figures(first, last, by_agent=True)
+        step()
         sent: dict[int, int] = defaultdict(int)
-        for _, role, sender, n in self.message_counts(first, last):
+        counts = self.message_counts(first, last)
+        step()
+        for _, role, sender, n in counts:
             if role == "agent":
                 sent[sender] += n
         a, s = agents_table.c, sessions_table.c
         with self.storage.connect() as conn:
             names = {r.user_id: r.display_name for r in conn.execute(select(a.user_id, a.display_name)).all()}
+            step()
             open_now = {
                 r.agent_id: (r.open_sessions, int(r.open_unanswered or 0))
                 for r in conn.execute(
@@ -279,6 +286,9 @@ class Reports:
                     .group_by(s.agent_id)
                 ).all()
             }
+            step()
+        if progress is not None:
+            progress.done()
         rows = []
         for agent_id in sorted(set(names) | set(by_agent) | set(sent)):
             row: dict[str, Any] = {"agent_id": agent_id, "display_name": names.get(agent_id)}
@@ -308,6 +318,8 @@ VIEW_QUESTIONS = {
     )
 }
 VIEW_QUESTIONS["report_agent_workload"] = ("SELECT * FROM report_agent_workload",) * 2
+
+AGENT_QUERIES = 4  # the queries of Reports.agents, for its progress
 
 AGENT_COLUMNS = (
     "agent_id",

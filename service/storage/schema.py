@@ -21,22 +21,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
-from sqlalchemy import Engine, inspect, text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.schema import CreateTable
-
-from . import naming
-from .models import BASE_NAMES, db
-
-log = logging.getLogger(__name__)
-# Alembic announces its plugins and its context at INFO on every worker boot: noise in the server's log.
+# Alembic announces its seven plugins (when imported) and its context at INFO on every worker boot: noise.
 for _noisy in ("alembic.runtime.plugins", "alembic.runtime.migration"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.runtime.migration import MigrationContext  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
+from alembic.util import CommandError  # noqa: E402
+from sqlalchemy import Engine, inspect, text  # noqa: E402
+from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
+from sqlalchemy.schema import CreateTable  # noqa: E402
+
+from . import naming  # noqa: E402
+from .models import BASE_NAMES, db  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
