@@ -50,7 +50,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    from . import agent, db, demo, report, server, token  # noqa: F401  (register their commands)
+    from . import agent, db, demo, legacy, report, server, token  # noqa: F401  (register their commands)
 
     try:
         cli(standalone_mode=True)

@@ -98,6 +98,23 @@ def _tables(engine: Engine) -> set[str]:
     return set(inspect(engine).get_table_names()) & our_tables()
 
 
+# A column each of our tables has had since it was created: a table of ours by name without it is someone else's.
+SIGNATURE_COLUMNS = {"agents": "user_id", "chat_sessions": "open_flag", "chat_messages": "sender_role"}
+
+
+def check_not_foreign(engine: Engine, tables: set[str]) -> None:
+    """Refuse tables that have our names but not our columns (the PHP server's chat_sessions, say): migrating
+    them would alter another application's data."""
+    insp = inspect(engine)
+    for base, column in SIGNATURE_COLUMNS.items():
+        table = naming.name(base)
+        if table in tables and column not in {c["name"] for c in insp.get_columns(table)}:
+            raise SchemaError(
+                f"table {table} exists but is not this service's (it has no {column} column; the PHP server's?): "
+                "leave it alone and set TABLE_PREFIX (e.g. TABLE_PREFIX=cs_) so our tables are created beside it"
+            )
+
+
 def describe(exc: BaseException) -> str:
     """A database error as one line: the driver's code and text (never the URL or a password)."""
     orig = getattr(exc, "orig", None) or exc
@@ -234,6 +251,7 @@ def upgrade(engine: Engine, target: str = "head", progress: Callable | None = No
                           f"use `db downgrade {target}` to go back")
     require_privileges(engine, MIGRATE, "migrate the schema")
     tables = _tables(engine)
+    check_not_foreign(engine, tables)
     if before is None and {naming.name(t) for t in FIRST_RELEASE_TABLES} <= tables:
         log.info("unversioned database with the first release's tables: stamping 0001")
         _run(engine, lambda config: command.stamp(config, "0001"))
@@ -311,6 +329,7 @@ def _prepare(engine: Engine) -> None:
     if not tables - {naming.name("alembic_version")}:
         _create_fresh(engine, head)
         return
+    check_not_foreign(engine, tables)
     current = current_revision(engine)
     if current == head:
         if is_mysql(engine):
