@@ -63,7 +63,7 @@ def db() -> None:
     """
 
 
-@db.command("upgrade")
+@db.command("upgrade", short_help="Migrate up to REVISION (default: the newest).")
 @click.argument("revision", required=False, default=None)
 @click.option("--revision", "revision_option", default=None, hidden=True, help="Same as REVISION (old spelling).")
 @pass_context
@@ -89,12 +89,12 @@ def upgrade(ctx: Context, revision: str | None, revision_option: str | None) -> 
         click.echo(f"installed {len(schema.view_names())} report views")
 
 
-@db.command("downgrade")
+@db.command("downgrade", short_help="Migrate back to REVISION (asks before dropping data).")
 @click.argument("revision")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask: confirm a downgrade that drops data (for scripts).")
 @pass_context
 def downgrade(ctx: Context, revision: str, yes: bool) -> None:
-    """Migrate back to REVISION (e.g. 0001, or base for an empty database).
+    """Migrate back to REVISION, such as 0001 (base: an empty database), asking before data is dropped.
 
     The revision is checked before anything is touched. Tables and columns added after REVISION are dropped
     with their data: the command lists what would go and asks for confirmation on a terminal; scripts
@@ -119,7 +119,7 @@ def downgrade(ctx: Context, revision: str, yes: bool) -> None:
     click.echo(f"downgraded database from revision {before} to {after or 'empty'}")
 
 
-@db.command("current")
+@db.command("current", short_help="The database's revision vs the newest one.")
 @pass_context
 def current(ctx: Context) -> None:
     """Print the database's revision and the newest one; exit 1 when the database needs `db upgrade`."""
@@ -133,7 +133,7 @@ def current(ctx: Context) -> None:
         raise SystemExit(1)
 
 
-@db.command("history")
+@db.command("history", short_help="Every schema revision, oldest first.")
 def history() -> None:
     """List every schema revision, oldest first, with what it changes (no database needed)."""
     from ..storage import schema
@@ -142,7 +142,7 @@ def history() -> None:
         click.echo(f"{revision}  {doc}")
 
 
-@db.command("stamp")
+@db.command("stamp", short_help="Record a revision without migrating.")
 @click.argument("revision", default="head")
 @pass_context
 def stamp(ctx: Context, revision: str) -> None:
@@ -159,7 +159,7 @@ def stamp(ctx: Context, revision: str) -> None:
     click.echo(f"stamped database at revision {after} (was {before or 'none'})")
 
 
-@db.command("views")
+@db.command("views", short_help="(Re)install the report views (MySQL/MariaDB).")
 @pass_context
 def views(ctx: Context) -> None:
     """(Re)install the report views of sql/reports.sql (MySQL/MariaDB; needs CREATE VIEW and DROP)."""
@@ -170,7 +170,7 @@ def views(ctx: Context) -> None:
     click.echo("installed views: " + ", ".join(names))
 
 
-@db.command("schema")
+@db.command("schema", short_help="Print the full schema as MySQL DDL.")
 @pass_context
 def ddl(ctx: Context) -> None:
     """Print the full schema as MySQL DDL (what sql/schema.sql holds), with TABLE_PREFIX applied."""
