@@ -390,3 +390,80 @@ def test_db_upgrade_back_fills_and_demo_data_report_progress_without_a_terminal(
     assert "demo-data: messages: 400/400 (" in demo.stderr and " done" in demo.stderr
     report = cli(url, "report", "--from", "2026-01-01", "--to", "2026-12-31")
     assert "report over 365 days: queries: 4/4" in report.stderr
+
+
+# -- issue 14 item 6: TABLE_PREFIX beside the PHP server's tables, and the legacy import ----------------------
+
+LEGACY = (
+    "CREATE TABLE chat_sessions (id INT AUTO_INCREMENT PRIMARY KEY, user_id INT NOT NULL, agent_id INT NULL,"
+    " status VARCHAR(20) NOT NULL DEFAULT 'active', created_at DATETIME NOT NULL, closed_at DATETIME NULL)",
+    "CREATE TABLE chat_messages (id INT AUTO_INCREMENT PRIMARY KEY, session_id INT NOT NULL, sender_id INT NOT NULL,"
+    " content TEXT NOT NULL, created_at DATETIME NOT NULL)",
+    "INSERT INTO chat_sessions VALUES (501, 100, 7, 'closed', '2026-10-01 09:00:00', '2026-10-01 09:30:00'),"
+    " (502, 101, NULL, 'active', '2026-10-02 10:00:00', NULL)",
+    "INSERT INTO chat_messages VALUES (9001, 501, 100, '你好', '2026-10-01 09:00:05'),"
+    " (9002, 501, 7, 'hello 😀', '2026-10-01 09:00:45'), (9003, 501, 100, 'bye', '2026-10-01 09:20:00'),"
+    " (9004, 502, 101, 'anyone?', '2026-10-02 10:00:03')",
+)
+
+
+def test_our_table_names_taken_by_the_php_server_are_refused_with_a_table_prefix_hint(
+    server_factory, database
+) -> None:
+    """The legacy app's chat_sessions made `db upgrade` fail (`already exists`) or alter its tables: now both
+    the server and `db upgrade` refuse in one line that says to set TABLE_PREFIX, and touch nothing."""
+    url, _ = database
+    sql(url, *LEGACY)
+    line = one_line_error(cli(url, "db", "upgrade", ok=False))
+    assert "chat_sessions exists but is not this service's" in line and "TABLE_PREFIX" in line
+    with pytest.raises(RuntimeError, match="set TABLE_PREFIX"):
+        server_factory(database_url=url)
+    assert tables_and_views(url) == ({"chat_sessions", "chat_messages"}, set())
+
+
+def test_with_a_table_prefix_the_legacy_history_is_imported_beside_the_php_tables_and_served(
+    server_factory, database
+) -> None:
+    """TABLE_PREFIX=cs_ in the PHP server's database: `import-legacy` copies its sessions and messages keeping
+    their ids (again: nothing twice), the server serves them (replay over WebSocket, the reports, the views
+    under the prefix) and stores new messages in cs_ tables; the legacy tables are untouched."""
+    url, _ = database
+    sql(url, *LEGACY)
+    prefix = {"TABLE_PREFIX": "cs_"}
+    cli(url, "agent", "add", "7", **prefix)
+    first = cli(url, "import-legacy", **prefix)
+    assert "imported 2 sessions (0 already there" in first.stdout and "and 4 messages" in first.stdout
+    again = cli(url, "import-legacy", **prefix)
+    assert "imported 0 sessions (2 already there" in again.stdout and "and 0 messages (4 already" in again.stdout
+    tables, views = tables_and_views(url)
+    assert {"chat_sessions", "chat_messages", "cs_chat_sessions", "cs_chat_messages", "cs_alembic_version"} <= tables
+    assert len(views) == VIEWS and all(v.startswith("cs_report_") for v in views)
+    assert sql(url, "SELECT id, sender_id, sender_role, content FROM cs_chat_messages ORDER BY id") == [
+        (9001, 100, "customer", "你好"), (9002, 7, "agent", "hello 😀"), (9003, 100, "customer", "bye"),
+        (9004, 101, "customer", "anyone?")]
+    assert sql(url, "SELECT id, status, open_flag, first_response_at FROM cs_chat_sessions ORDER BY id") == [
+        (501, "closed", None, sql(url, "SELECT created_at FROM chat_messages WHERE id = 9002")[0][0]),
+        (502, "active", 1, None)]
+
+    server = server_factory(database_url=url, **prefix)
+    assert server.readiness()[0] == 200
+    customer = server.client(101)
+    joined = customer.join(502, last_message_id=0)
+    assert joined["replayed"] == 1
+    assert customer.recv_type("new_message")["message"]["id"] == 9004
+    customer.say(502, "still there?")
+    new_id = customer.recv_type("new_message")["message"]["id"]
+    assert new_id > 9004
+    status, body = server.http("GET", "/api/reports/agents?from=2026-10-01&to=2026-10-02")
+    assert status == 200 and [(a["agent_id"], a["messages"]) for a in body["agents"]] == [(7, 1)], body
+    assert sql(url, "SELECT COUNT(*) FROM chat_messages")[0][0] == 4  # the PHP server's table, untouched
+    assert sql(url, f"SELECT content FROM cs_chat_messages WHERE id = {new_id}") == [("still there?",)]
+    assert sql(url, "SELECT sessions_opened FROM cs_report_sessions_daily WHERE day = '2026-10-01'") == [(1,)]
+    report = cli(url, "report", "--from", "2026-10-01", "--to", "2026-10-02", "--format", "csv", **prefix)
+    assert report.stdout.splitlines()[1].startswith("7,")
+
+
+def test_import_legacy_names_a_missing_table_in_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/chat.db"
+    line = one_line_error(cli(url, "import-legacy", "--sessions-table", "php_sessions", ok=False))
+    assert "no table 'php_sessions'" in line
