@@ -467,3 +467,65 @@ def test_import_legacy_names_a_missing_table_in_one_line(tmp_path: Path) -> None
     url = f"sqlite:///{tmp_path}/chat.db"
     line = one_line_error(cli(url, "import-legacy", "--sessions-table", "php_sessions", ok=False))
     assert "no table 'php_sessions'" in line
+
+
+def test_a_first_start_that_fails_part_way_leaves_nothing_behind(server_factory, database) -> None:
+    """Creating the schema is all or nothing: when a view cannot be created (here a foreign table holds the
+    name report_sessions), the start is refused in one line and the tables it had created are gone, so the
+    database is never left with tables and no version."""
+    url, _ = database
+    sql(url, "CREATE TABLE report_sessions (id INT PRIMARY KEY)")
+    with pytest.raises(RuntimeError) as failure:
+        server_factory(database_url=url)
+    log = str(failure.value)
+    assert "could not create the schema" in log and "nothing was left behind" in log and "Traceback" not in log
+    assert tables_and_views(url) == ({"report_sessions"}, set())
+
+
+@pytest.mark.parametrize("build", ["upgrade", "models", "schema.sql"])
+def test_client_msg_id_is_byte_exact_however_the_schema_was_built(database, build: str) -> None:
+    """`db upgrade`, the server's create_all and sql/schema.sql all give client_msg_id the NO PAD binary
+    collation (the shape comparison of test_migrations ignores collations)."""
+    url, name = database
+    if build == "upgrade":
+        cli(url, "db", "upgrade")
+    elif build == "models":
+        from flask import Flask
+
+        from service.config import load_settings
+        from service.storage import init_storage
+
+        init_storage(Flask("t"), load_settings({"DATABASE_URL": url}, environ={}))
+    else:
+        source = (Path(__file__).resolve().parent.parent / "sql" / "schema.sql").read_text()
+        body = "\n".join(line for line in source.splitlines() if not line.startswith("--"))
+        sql(url, *[s for s in body.split(";") if s.strip()])
+    assert sql(url, "SELECT COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
+                    " AND TABLE_NAME = 'chat_messages' AND COLUMN_NAME = 'client_msg_id'") == [("utf8mb4_nopad_bin",)]
+    rows = [f"(1, 100, 'customer', 'x', '{key}', '2026-10-01 09:00:00')"
+            for key in ("Key-AbC", "key-abc", "key-abc ", "kéy-abc")]
+    sql(url, "INSERT INTO chat_sessions (id, user_id, status, open_flag, created_at)"
+             " VALUES (1, 100, 'active', 1, '2026-10-01 09:00:00')",
+        "INSERT INTO chat_messages (session_id, sender_id, sender_role, content, client_msg_id, created_at) VALUES "
+        + ", ".join(rows))
+
+
+def test_progress_draws_a_bar_with_counts_and_rate_on_a_terminal() -> None:
+    """On a TTY: a redrawn bar (carriage returns) with counts and rate; a newline when done."""
+    import io
+
+    from service.storage.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    bar = Progress("copying", 10, stream=screen)
+    bar.every = 0
+    for _ in range(10):
+        bar.advance()
+    bar.done()
+    out = screen.getvalue()
+    assert out.count("\r") == 11 and out.endswith("\n")
+    assert "copying: [##############################] 10/10 (" in out and "/s," in out
