@@ -117,10 +117,10 @@ def import_legacy(
             if r.id in have_messages or r.session_id not in known_sessions:
                 skipped_messages += 1
                 continue
+            at = r.created_at if isinstance(r.created_at, datetime) else datetime.fromisoformat(str(r.created_at))
             role = "agent" if r.sender_id in agents or r.sender_id == session_agent.get(r.session_id) else "customer"
             batch.append({"id": r.id, "session_id": r.session_id, "sender_id": r.sender_id, "sender_role": role,
-                          "content": r.content, "client_msg_id": None, "created_at": r.created_at})
-            at = r.created_at
+                          "content": r.content, "client_msg_id": None, "created_at": at})
             hourly[(at.date(), at.hour, role, r.sender_id if role == "agent" else 0)] += 1
             if role == "agent" and (r.session_id not in first_reply or at < first_reply[r.session_id]):
                 first_reply[r.session_id] = at

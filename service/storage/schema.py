@@ -380,9 +380,16 @@ def _remove_created(engine: Engine, existing: set[str]) -> None:
 
 
 def _reinstall_missing_views(engine: Engine) -> None:
-    """Views dropped by hand or by an interrupted downgrade come back at start when the user may create them."""
+    """Views dropped by hand or by an interrupted downgrade come back at start when the user may create them.
+
+    A database with none of them is one a DBA built from sql/schema.sql without sql/reports.sql: the server
+    adds nothing to it and says how to install them."""
     missing = missing_views(engine)
     if not missing:
+        return
+    if len(missing) == len(view_names()):
+        log.info("the report views are not installed (a schema loaded by hand?): `python -m service db views` "
+                 "installs them")
         return
     lacking = missing_privileges(engine, VIEWS)
     if lacking:

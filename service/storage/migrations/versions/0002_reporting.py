@@ -95,6 +95,8 @@ def _backfill() -> None:
     )
     sender = "CASE WHEN sender_role = 'agent' THEN sender_id ELSE 0 END"
     total = bind.execute(sa.text(f"SELECT COUNT(*) FROM {messages}")).scalar() or 0
+    if not total:
+        return
     progress = steps.progress("back-filling hourly message counts (messages)", total)
     op.execute(
         f"INSERT INTO {hourly} (day, hour, sender_role, sender_id, messages)"
