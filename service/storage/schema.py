@@ -1,14 +1,17 @@
 """Schema versions: Alembic migrations, what start-up does with each kind of database, and the report views.
 
-- An empty database: the server creates every table from the models, installs the report views (MySQL and
-  MariaDB) and stamps it at the newest revision: nothing to migrate.
-- A database at the newest revision: the server starts.
-- Anything else (an older revision, or tables from before migrations existed): the server refuses to start
-  and says to run `python -m service db upgrade`, which migrates, keeps every row and reinstalls the views.
+- An empty database (or one holding only other applications' tables, which are never touched): the server
+  checks its privileges, creates every table from the models, installs the report views (MySQL and MariaDB)
+  and stamps it at the newest revision, all or nothing (a failure removes what it created).
+- A database at the newest revision: the server starts (and reinstalls report views that went missing).
+- Anything else (an older revision, or our tables from before migrations or a failed start): the server
+  refuses to start in one line and says to run `python -m service db upgrade`, which migrates, keeps every
+  row and reinstalls the views. Migration steps are idempotent (migrations/steps.py): MySQL commits DDL
+  statement by statement, so a revision stopped half-way is finished by running the same command again.
 
-Revisions live in `migrations/versions/` (NNNN_topic.py, `down_revision` = the previous one). The views in
-`sql/reports.sql` are not a revision: they are replaced after every upgrade, so a revision that changes a
-column they read only needs the matching edit of that file.
+Every name goes through TABLE_PREFIX (naming.py). Revisions live in `migrations/versions/` (NNNN_topic.py,
+`down_revision` = the previous one). The views in `sql/reports.sql` are not a revision: they are replaced
+after every upgrade, so a revision that changes a column they read only needs the matching edit of that file.
 """
 
 from __future__ import annotations
