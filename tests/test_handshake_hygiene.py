@@ -107,3 +107,49 @@ def test_the_limit_still_refuses_the_next_websocket(limited: Server) -> None:
         for ws in sockets:
             ws.sock.close()
     assert all_slots_free(limited)
+
+
+def answer_head(port: int, request: bytes) -> bytes:
+    """The status line and headers the server answers `request` with (without waiting for it to close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+        return answer
+
+
+def log_with(server: Server, needle: str, timeout: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout
+    while needle not in (text := server.log()):
+        assert time.monotonic() < deadline, f"{needle!r} never logged"
+        time.sleep(0.05)  # the log is a file the server appends to: poll it
+    return text
+
+
+def test_control_characters_in_a_request_are_escaped_in_the_text_log(limited: Server) -> None:
+    """Raw ESC bytes in a request line and User-Agent reach the text log as \\x1b, never as a terminal escape."""
+    marker = f"esc{time.monotonic_ns()}"
+    request = f"GET /{marker}\x1b[2J\x1b]0;owned\x07?q=\x1b[31m HTTP/1.1\r\nHost: x\r\nUser-Agent: ua\x1b[1m\r\n\r\n"
+    assert answer_head(limited.port, request.encode("latin-1")).startswith(b"HTTP/1.1 404")
+    text = log_with(limited, marker)
+    line = next(line for line in text.splitlines() if marker in line)
+    assert "\x1b" not in line and "\x07" not in line
+    assert f"/{marker}\\x1b[2J\\x1b]0;owned\\x07?q=\\x1b[31m" in line
+
+
+@pytest.mark.parametrize("raw", [b"GET /\x0bx HTTP/1.1", b"GET /\x1cx\x85 HTTP/1.1",
+                                 b"GET /" + b"a" * 9000 + b" HTTP/1.1"],
+                         ids=["vertical-tab", "file-separator-nel", "too-long"])
+def test_a_request_line_pywsgi_refuses_is_logged_not_a_traceback(limited: Server, raw: bytes) -> None:
+    """A request line with \\x0b (split as whitespace by pywsgi) answers 4xx and gets an access line, no traceback."""
+    before = limited.log().count("gunicorn.access")
+    for _ in range(3):
+        assert answer_head(limited.port, raw + b"\r\nHost: x\r\n\r\n").startswith((b"HTTP/1.1 400", b"HTTP/1.1 414"))
+    deadline = time.monotonic() + 5
+    while limited.log().count("gunicorn.access") < before + 3:
+        assert time.monotonic() < deadline, limited.log()[-3000:]
+        time.sleep(0.05)  # poll the log file
+    text = limited.log()
+    assert "Traceback" not in text and "AttributeError" not in text and "TypeError" not in text, text[-3000:]
+    assert all_slots_free(limited)

@@ -449,17 +449,28 @@ class ChatHandler(WebSocketHandler):
         """
         policy = self._policy()
         if policy is None or not policy.handshake_timeout:
-            return super().handle_one_request()
+            return self._one_request()
         self._deadline = gevent.Timeout(policy.handshake_timeout, TimeoutError("handshake timeout"))
         self._deadline.start()
         try:
-            return super().handle_one_request()
+            return self._one_request()
         except TimeoutError:
             return None
         finally:
             if self._deadline is not None:
                 self._deadline.close()
                 self._deadline = None
+
+    def _one_request(self) -> Any:
+        result = super().handle_one_request()
+        if isinstance(result, tuple) and self.environ is None:
+            # pywsgi refused the request line (e.g. a \x0b in it, or too long) before building an environ,
+            # and its access line would then raise: give it what the line reads.
+            address = self.client_address
+            self.environ = {"REMOTE_ADDR": address[0] if isinstance(address, tuple) else str(address or "-"),
+                            "REQUEST_METHOD": "-", "RAW_URI": (self.requestline or "")[:256], "SERVER_PROTOCOL": "-"}
+            self.response_headers = self.response_headers or ()
+        return result
 
     def get_environ(self) -> dict[str, Any]:
         environ = super().get_environ()
