@@ -7,6 +7,7 @@ user never learns anything about a session they may not see beyond "not allowed"
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import time
@@ -160,9 +161,12 @@ class TrustAuthenticator:
 
     mode = "trust"
 
-    def __init__(self, storage: Storage, agent_recheck: float = AGENT_RECHECK_SECONDS) -> None:
+    def __init__(
+        self, storage: Storage, agent_recheck: float = AGENT_RECHECK_SECONDS, backend_api_key: str = ""
+    ) -> None:
         self.storage = storage
         self.agents = AgentDirectory(storage, agent_recheck)
+        self.backend_api_key = backend_api_key.encode("utf-8")
 
     def websocket_identity(self, message: dict[str, Any]) -> Identity:
         user_id = parse_id(message.get("user_id"), Problem.MISSING_USER_ID, Problem.INVALID_USER_ID)
@@ -174,12 +178,29 @@ class TrustAuthenticator:
         return current_identity(self.agents, identity)
 
     def http_identity(self, headers: Any) -> Identity:
-        """X-User-Id names the user; no header means the trusted legacy backend."""
+        """X-User-Id names the user; no header means the trusted legacy backend (with BACKEND_API_KEY, if set)."""
         raw = headers.get("X-User-Id")
         if raw is None:
+            self._check_backend_key(headers)
             return BACKEND
         user_id = parse_id(raw.strip(), Problem.UNAUTHENTICATED, Problem.INVALID_USER_ID_HEADER)
         return Identity(user_id=user_id, is_agent=agent_in_table(self.storage, user_id))
+
+    def _check_backend_key(self, headers: Any) -> None:
+        """With BACKEND_API_KEY set, the backend proves it is the backend (`Authorization: Bearer KEY` or
+        `X-Api-Key: KEY`): a cross-site page can make a browser send no X-User-Id, but not this header."""
+        if not self.backend_api_key:
+            return
+        presented = headers.get("X-Api-Key")
+        if presented is None:
+            scheme, _, token = (headers.get("Authorization") or "").strip().partition(" ")
+            presented = token.strip() if scheme.lower() == "bearer" else None
+        if not presented:
+            raise Refused(Problem.UNAUTHENTICATED)
+        # WSGI headers are latin-1 text: encoding back gives the bytes sent, compared in constant time.
+        if not hmac.compare_digest(presented.strip().encode("latin-1", "replace"), self.backend_api_key):
+            log.info("backend api key refused")
+            raise Refused(Problem.AUTH_FAILED)
 
 
 class JwtAuthenticator:
