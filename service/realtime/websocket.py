@@ -7,15 +7,15 @@ module subclasses its two classes in one place:
 * `ChatWebSocket` reads and writes frames itself: masks checked (1002), size checked from the header
   before the payload is read (1009), UTF-8 checked incrementally in C (1007), close codes validated and
   echoed, and every write (data, pong, close) under one lock so frames never interleave.
-* `ChatHandler` refuses a disallowed Origin or too many connections per IP with a real HTTP status before
-  the 101, bounds the time a client may take to send its request, and serves plain HTTP requests that
-  carry `Connection: upgrade` (the legacy nginx recipe) with a length-limited body.
+* `ChatHandler` refuses a malformed upgrade, a disallowed Origin or too many connections per IP with a
+  real HTTP status and body before the 101 (the per-IP count is released on every path), bounds the time
+  a client may take to send its request, and serves plain HTTP requests that carry `Connection: upgrade`
+  (the legacy nginx recipe) with a length-limited body.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import codecs
 import logging
 import socket
@@ -93,7 +93,7 @@ def valid_key(key: str) -> bool:
     """A Sec-WebSocket-Key: 16 bytes in base64 (RFC 6455 4.1), nothing else."""
     try:
         return len(base64.b64decode(key.strip(), validate=True)) == 16
-    except (binascii.Error, ValueError):
+    except ValueError:  # binascii.Error, or text that is not ASCII
         return False
 
 
