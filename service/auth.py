@@ -130,9 +130,10 @@ class AgentDirectory:
     def _read(self, started: float) -> None:
         try:
             agents = frozenset(record.user_id for record in self.storage.list_agents())
-        except StorageError:
+        except Exception as exc:  # in a greenlet of its own: nothing above would see it
             self._next_try = started + self.RETRY_SECONDS
-            log.warning("agents table unreadable; agent rights as last read")
+            log.warning("agents table unreadable; agent rights as last read",
+                        exc_info=not isinstance(exc, StorageError))
             return
         self._agents, self._read_at = agents, started
         self._seen = {uid: entry for uid, entry in self._seen.items() if entry[1] >= started}

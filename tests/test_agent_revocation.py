@@ -132,3 +132,43 @@ def test_an_agent_added_while_connected_gains_the_rights(cluster: tuple[Server, 
         assert time.monotonic() < deadline, "agent rights never granted"
         time.sleep(0.1)
     client.close()
+
+
+class FlakyAgents:
+    """A storage whose agents table can be edited and made unreadable."""
+
+    def __init__(self) -> None:
+        self.agents = {7}
+        self.down = False
+        self.reads = 0
+
+    def list_agents(self):
+        from types import SimpleNamespace
+
+        from service.storage import StorageError
+
+        self.reads += 1
+        if self.down:
+            raise StorageError("down")
+        return [SimpleNamespace(user_id=uid) for uid in self.agents]
+
+
+def test_the_directory_rereads_after_its_ttl_and_keeps_the_last_read_through_an_outage() -> None:
+    """One read per ttl for everyone; a fresh look at one user wins; an unreadable table leaves the last read."""
+    from service.auth import AgentDirectory
+
+    storage = FlakyAgents()
+    directory = AgentDirectory(storage, ttl=0.2)  # type: ignore[arg-type]
+    assert directory.is_agent(7) and not directory.is_agent(8)
+    assert storage.reads == 1
+    directory.saw(8, True)  # `auth` looked at 8 just now
+    assert directory.is_agent(8)
+    storage.agents = {8}
+    storage.down = True
+    time.sleep(0.25)  # past the ttl (a timer by design)
+    assert directory.is_agent(7) and directory.is_agent(8)  # unreadable: the last read (and look) stand
+    reads = storage.reads
+    assert directory.is_agent(7) and storage.reads == reads  # retried only after RETRY_SECONDS
+    storage.down = False
+    directory._next_try = 0  # skip the retry pause
+    assert not directory.is_agent(7) and directory.is_agent(8)
