@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def make_authenticator(settings: Settings, storage) -> Any:
     if settings.auth_mode == "trust":
         log.warning("AUTH_MODE=trust: user ids are taken from clients as given and are not verified")
-        return TrustAuthenticator(storage)
+        return TrustAuthenticator(storage, settings.agent_recheck_seconds, settings.backend_api_key)
     from .auth import JwtAuthenticator  # noqa: PLC0415
 
     return JwtAuthenticator(settings, storage)

@@ -7,12 +7,14 @@ user never learns anything about a session they may not see beyond "not allowed"
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import gevent
 import jwt
 
 from .config import ConfigError
@@ -27,11 +29,16 @@ _DIGITS = re.compile(r"[0-9]+")
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """An authenticated caller. `backend` is the legacy PHP application calling without a user (trust mode)."""
+    """An authenticated caller. `backend` is the legacy PHP application calling without a user (trust mode).
+
+    `agent_claim` is an agent role the caller's signed token grants (jwt mode): the identity provider's word,
+    which the agents table cannot take back before the token expires.
+    """
 
     user_id: int
     is_agent: bool = False
     backend: bool = False
+    agent_claim: bool = False
 
     @property
     def role(self) -> str:
@@ -77,6 +84,61 @@ def agent_in_table(storage: Storage, user_id: int) -> bool:
         raise Refused(Problem.STORAGE_DOWN) from None
 
 
+AGENT_RECHECK_SECONDS = 3.0
+
+
+class AgentDirectory:
+    """Who is an agent, as this worker last read the agents table: at most `ttl` seconds old.
+
+    An open WebSocket was authenticated once; its agent rights must still follow the table (`agent remove`
+    takes them away on every worker within `ttl`). One query reads the whole table per worker per `ttl`
+    (lazily, when a frame needs it), not one per user: the table holds the few hundred agents, the
+    connections are thousands. A fresh look at one user (every `auth` makes one) wins over an older read
+    of the table. If the table cannot be read, the last read stands (retried a second later): with the
+    database down nothing can be stored, joined or assigned anyway.
+    """
+
+    RETRY_SECONDS = 1.0
+
+    def __init__(self, storage: Storage, ttl: float = AGENT_RECHECK_SECONDS) -> None:
+        self.storage = storage
+        self.ttl = ttl
+        self._agents: frozenset[int] = frozenset()
+        self._read_at = float("-inf")  # monotonic time the last good read started
+        self._next_try = float("-inf")
+        self._reading = False
+        self._seen: dict[int, tuple[bool, float]] = {}  # user id -> (agent, when looked at alone)
+
+    def saw(self, user_id: int, is_agent: bool) -> None:
+        """Record a fresh look at one user (newer than the table read, it wins until the next read)."""
+        self._seen[user_id] = (is_agent, time.monotonic())
+
+    def is_agent(self, user_id: int) -> bool:
+        now = time.monotonic()
+        if now - self._read_at > self.ttl and now >= self._next_try and not self._reading:
+            self._reading = True
+            try:
+                # In a short-lived greenlet: the caller's (a connection's) would keep the query's deep stack.
+                gevent.spawn(self._read, now).join()
+            finally:
+                self._reading = False
+        seen = self._seen.get(user_id)
+        if seen is not None and seen[1] >= self._read_at:
+            return seen[0]
+        return user_id in self._agents
+
+    def _read(self, started: float) -> None:
+        try:
+            agents = frozenset(record.user_id for record in self.storage.list_agents())
+        except Exception as exc:  # in a greenlet of its own: nothing above would see it
+            self._next_try = started + self.RETRY_SECONDS
+            log.warning("agents table unreadable; agent rights as last read",
+                        exc_info=not isinstance(exc, StorageError))
+            return
+        self._agents, self._read_at = agents, started
+        self._seen = {uid: entry for uid, entry in self._seen.items() if entry[1] >= started}
+
+
 def session_access(identity: Identity, session: SessionRecord | None, need_open: bool = True) -> None:
     """Raise Refused with the Problem that forbids `identity` this session (spec precedence); None = allowed."""
     if session is None:
@@ -87,25 +149,59 @@ def session_access(identity: Identity, session: SessionRecord | None, need_open:
         raise Refused(Problem.SESSION_CLOSED)
 
 
+def current_identity(agents: AgentDirectory, identity: Identity) -> Identity:
+    """`identity` with its agent rights as the agents table says now (within the directory's ttl)."""
+    if identity.backend:
+        return identity
+    is_agent = identity.agent_claim or agents.is_agent(identity.user_id)
+    return identity if is_agent == identity.is_agent else replace(identity, is_agent=is_agent)
+
+
 class TrustAuthenticator:
     """AUTH_MODE=trust, the legacy behaviour: the client's word is its identity; agents are the agents table."""
 
     mode = "trust"
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(
+        self, storage: Storage, agent_recheck: float = AGENT_RECHECK_SECONDS, backend_api_key: str = ""
+    ) -> None:
         self.storage = storage
+        self.agents = AgentDirectory(storage, agent_recheck)
+        self.backend_api_key = backend_api_key.encode("utf-8")
 
     def websocket_identity(self, message: dict[str, Any]) -> Identity:
         user_id = parse_id(message.get("user_id"), Problem.MISSING_USER_ID, Problem.INVALID_USER_ID)
-        return Identity(user_id=user_id, is_agent=agent_in_table(self.storage, user_id))
+        is_agent = agent_in_table(self.storage, user_id)
+        self.agents.saw(user_id, is_agent)
+        return Identity(user_id=user_id, is_agent=is_agent)
+
+    def current(self, identity: Identity) -> Identity:
+        return current_identity(self.agents, identity)
 
     def http_identity(self, headers: Any) -> Identity:
-        """X-User-Id names the user; no header means the trusted legacy backend."""
+        """X-User-Id names the user; no header means the trusted legacy backend (with BACKEND_API_KEY, if set)."""
         raw = headers.get("X-User-Id")
         if raw is None:
+            self._check_backend_key(headers)
             return BACKEND
         user_id = parse_id(raw.strip(), Problem.UNAUTHENTICATED, Problem.INVALID_USER_ID_HEADER)
         return Identity(user_id=user_id, is_agent=agent_in_table(self.storage, user_id))
+
+    def _check_backend_key(self, headers: Any) -> None:
+        """With BACKEND_API_KEY set, the backend proves it is the backend (`Authorization: Bearer KEY` or
+        `X-Api-Key: KEY`): a cross-site page can make a browser send no X-User-Id, but not this header."""
+        if not self.backend_api_key:
+            return
+        presented = headers.get("X-Api-Key")
+        if presented is None:
+            scheme, _, token = (headers.get("Authorization") or "").strip().partition(" ")
+            presented = token.strip() if scheme.lower() == "bearer" else None
+        if not presented:
+            raise Refused(Problem.UNAUTHENTICATED)
+        # WSGI headers are latin-1 text: encoding back gives the bytes sent, compared in constant time.
+        if not hmac.compare_digest(presented.strip().encode("latin-1", "replace"), self.backend_api_key):
+            log.info("backend api key refused")
+            raise Refused(Problem.AUTH_FAILED)
 
 
 class JwtAuthenticator:
@@ -121,6 +217,7 @@ class JwtAuthenticator:
 
     def __init__(self, settings: Any, storage: Storage) -> None:
         self.storage = storage
+        self.agents = AgentDirectory(storage, settings.agent_recheck_seconds)
         self.audience = settings.jwt_audience or None
         self.issuer = settings.jwt_issuer or None
         self.leeway = settings.jwt_leeway
@@ -163,7 +260,14 @@ class JwtAuthenticator:
         return user_id, role == "agent" or (isinstance(role, list) and "agent" in role)
 
     def _identity(self, user_id: int, agent_claim: bool) -> Identity:
-        return Identity(user_id=user_id, is_agent=agent_claim or agent_in_table(self.storage, user_id))
+        if agent_claim:
+            return Identity(user_id=user_id, is_agent=True, agent_claim=True)
+        in_table = agent_in_table(self.storage, user_id)
+        self.agents.saw(user_id, in_table)
+        return Identity(user_id=user_id, is_agent=in_table)
+
+    def current(self, identity: Identity) -> Identity:
+        return current_identity(self.agents, identity)
 
     def websocket_identity(self, message: dict[str, Any]) -> Identity:
         """`token` is required; a `user_id` beside it must name the token's subject."""

@@ -170,6 +170,14 @@ class Settings:
     heartbeat_timeout: float = setting(
         "HEARTBEAT_TIMEOUT", "60", _float(1, 86400), "Seconds a silent connection stays open."
     )
+    agent_recheck_seconds: float = setting(
+        "AGENT_RECHECK_SECONDS", "3", _float(0, 60),
+        "Seconds an open WebSocket's agent rights may lag the agents table (0 = read it on every frame).",
+    )
+    backend_api_key: str = setting(
+        "BACKEND_API_KEY", "", _text,
+        "AUTH_MODE=trust: key the backend (HTTP calls without X-User-Id) must send; empty = none (legacy).",
+    )
     jwt_secret: str = setting("JWT_SECRET", "", _text, "HS256 secret (AUTH_MODE=jwt).")
     jwt_public_key: str = setting("JWT_PUBLIC_KEY", "", _path, "PEM file for RS256/ES256 (AUTH_MODE=jwt).")
     jwt_audience: str = setting("JWT_AUDIENCE", "", _text, "Required aud claim, when set.")

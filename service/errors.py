@@ -42,6 +42,7 @@ class Problem(Enum):
     NOT_FOUND = ("not_found", "接口不存在", 404)
     METHOD_NOT_ALLOWED = ("method_not_allowed", "请求方法不允许", 405)
     PAYLOAD_TOO_LARGE = ("payload_too_large", "请求体过大", 413)
+    UNSUPPORTED_MEDIA_TYPE = ("unsupported_media_type", "请求体须为JSON", 415)
     INTERNAL = ("internal_error", "服务器内部错误", 500)
 
     @property

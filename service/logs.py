@@ -21,6 +21,16 @@ ACCESS_FIELDS = (("h", "remote_addr"), ("m", "method"), ("U", "path"), ("q", "qu
                  ("B", "bytes"), ("M", "duration_ms"), ("a", "user_agent"))
 
 
+# Control characters (C0, DEL, C1) and the Unicode line/paragraph separators, as \xNN / \uNNNN in text lines:
+# a request line or header is the client's text, and raw ESC bytes in a log are terminal escape sequences.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {c: f"\\u{c:04x}" for c in (0x2028, 0x2029)}
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as an escape, so one record stays one inert line."""
+    return text.translate(_CONTROL)
+
+
 def _access_fields(record: logging.LogRecord) -> dict[str, Any]:
     if record.name != "gunicorn.access" or not hasattr(record.args, "get"):
         return {}
@@ -63,9 +73,13 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        # The message (with its args) and the context fields are escaped; a traceback keeps its lines.
+        escaped = logging.makeLogRecord(record.__dict__)
+        escaped.msg, escaped.args = escape_controls(record.getMessage()), None
+        line = super().format(escaped)
         context = " ".join(
-            f"{name}={getattr(record, name)}" for name in CONTEXT_FIELDS if getattr(record, name, None) is not None
+            f"{name}={escape_controls(str(getattr(record, name)))}" for name in CONTEXT_FIELDS
+            if getattr(record, name, None) is not None
         )
         return f"{line} {context}" if context else line
 

@@ -319,13 +319,16 @@ def test_bad_json_body_is_a_json_400(chat_server: Server) -> None:
     assert chat_server.http("POST", "/api/sessions", raw=b"{oops") == error(400, "消息格式错误", "bad_format")
 
 
-def test_json_body_without_json_content_type_is_accepted(chat_server: Server) -> None:
-    """A JSON body sent without Content-Type: application/json (curl -d) is read as JSON."""
+def test_json_body_without_json_content_type_is_refused_415(chat_server: Server) -> None:
+    """A JSON body sent without Content-Type: application/json (curl -d sends a form type) is refused, since
+    issue 13: a cross-site page can send such a body without a preflight (see test_http_hardening.py)."""
     customer = fresh_id()
     request = urllib.request.Request(chat_server.http_url + "/api/sessions", method="POST",
                                      data=json.dumps({"user_id": customer}).encode())
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 201 and json.loads(response.read())["user_id"] == customer
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 415
+    assert json.loads(refused.value.read()) == {"error": "请求体须为JSON", "code": "unsupported_media_type"}
 
 
 def test_plain_get_on_root_is_text(chat_server: Server) -> None:

@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import Problem, Refused
 from ..storage import StorageError
+from .limits import PostRateLimit, check_body
 from .openapi import bp as openapi_bp
 from .reports import bp as reports_bp
 from .sessions import bp as sessions_bp
@@ -26,6 +27,13 @@ def init_api(app: Flask) -> None:
     app.register_blueprint(sessions_bp, url_prefix="/api")
     app.register_blueprint(openapi_bp, url_prefix="/api")
     app.register_blueprint(reports_bp, url_prefix="/api")
+    settings = app.config["CHAT_SETTINGS"]
+    app.extensions["chat_post_limit"] = PostRateLimit(settings)
+
+    @app.before_request
+    def api_body():
+        if request.path.startswith("/api/"):
+            check_body(settings.max_json_depth)
 
     @app.errorhandler(Refused)
     def refused(exc: Refused):

@@ -47,7 +47,9 @@ ERRORS = {
     "404": _error("No such session"),
     "503": _error("Storage unavailable"),
 }
-IDENTITY = [{"userId": []}, {"bearer": []}, {}]
+# Body-carrying calls: a body must be `application/json` (415 otherwise; a cross-site page cannot send that).
+BODY_ERRORS = {"415": _error("A body that is not Content-Type: application/json (请求体须为JSON)")}
+IDENTITY = [{"userId": []}, {"bearer": []}, {"backendKey": []}, {}]
 
 
 def _json(ref: str) -> dict[str, Any]:
@@ -60,7 +62,8 @@ SPEC: dict[str, Any] = {
         "title": "Customer-service chat API",
         "version": "1.0.0",
         "description": "Sessions and messages. In AUTH_MODE=trust the caller is the user in X-User-Id; a call "
-        "without it is the trusted backend. In AUTH_MODE=jwt the caller is the bearer token's subject.",
+        "without it is the trusted backend (which must send BACKEND_API_KEY when one is set). Every body must be "
+        "Content-Type: application/json. In AUTH_MODE=jwt the caller is the bearer token's subject.",
     },
     "security": IDENTITY,
     "paths": {
@@ -72,6 +75,7 @@ SPEC: dict[str, Any] = {
                     "200": {"description": "The customer's open session", "content": _json("Session")},
                     "201": {"description": "A new session", "content": _json("Session")},
                     **{k: v for k, v in ERRORS.items() if k != "404"},
+                    **BODY_ERRORS,
                 },
             },
             "get": {
@@ -121,7 +125,9 @@ SPEC: dict[str, Any] = {
                     "201": {"description": "Stored and broadcast", "content": _json("Message")},
                     "409": _error("Session closed"),
                     "413": _error("Content too long"),
+                    "429": _error("RATE_LIMIT per user and worker (发送过于频繁, code rate_limited); not the backend"),
                     **ERRORS,
+                    **BODY_ERRORS,
                 },
             },
         },
@@ -136,7 +142,8 @@ SPEC: dict[str, Any] = {
             "post": {
                 "summary": "Close a session (its customer, an agent, or the backend)",
                 "parameters": [SESSION_ID_PARAM],
-                "responses": {"200": {"description": "The session, closed", "content": _json("Session")}, **ERRORS},
+                "responses": {"200": {"description": "The session, closed", "content": _json("Session")}, **ERRORS,
+                              **BODY_ERRORS},
             }
         },
         "/healthz": {
@@ -154,6 +161,9 @@ SPEC: dict[str, Any] = {
         "securitySchemes": {
             "userId": {"type": "apiKey", "in": "header", "name": "X-User-Id"},
             "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            "backendKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key",
+                           "description": "AUTH_MODE=trust with BACKEND_API_KEY set: the backend (no X-User-Id) sends "
+                           "it here or as `Authorization: Bearer KEY`; missing: 401 未认证, wrong: 401 认证失败."},
         },
         "schemas": {
             "Error": {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from flask import Blueprint, jsonify, request
 
 from ..errors import Problem, Refused
@@ -9,6 +11,8 @@ from ..storage.reports import Reports, parse_range
 from .sessions import caller, hub, storage_call
 
 bp = Blueprint("reports", __name__)
+
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9998, 12, 31)  # the days a report may cover
 
 _SECONDS = {"type": "number", "nullable": True, "description": "seconds; null when there is nothing to measure"}
 _COUNT = {"type": "integer"}
@@ -26,7 +30,8 @@ _RANGE = [
 ]
 _ERRORS = {
     status: {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    for status, text in (("400", "Bad from/to"), ("403", "Customers may not read reports (仅限客服)"),
+    for status, text in (("400", "Bad from/to (days from 1970-01-01 to 9998-12-31)"),
+                         ("403", "Customers may not read reports (仅限客服)"),
                          ("503", "Storage unavailable"))
 }
 OPENAPI_PATHS = {
@@ -76,8 +81,10 @@ def _reports_and_range():
         raise Refused(Problem.INVALID_PARAMETER)  # an empty bound is a mistake, not "the default"
     try:
         first, last = parse_range(request.args.get("from"), request.args.get("to"), storage.now().date())
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a default `from` before year 1 (to=0001-01-03)
         raise Refused(Problem.INVALID_PARAMETER) from None
+    if first < FIRST_DAY or last > LAST_DAY:
+        raise Refused(Problem.INVALID_PARAMETER)  # the queries step a day past the range; keep clear of the ends
     return Reports(storage), first, last
 
 

@@ -29,7 +29,7 @@ def caller() -> Identity:
 
 
 def json_body() -> dict[str, Any]:
-    # force: `curl -d '{...}'` and many backends send JSON without an application/json Content-Type.
+    # force: a body's Content-Type was checked before the endpoint ran (limits.check_body); none is no body.
     body = request.get_json(force=True, silent=True)
     if not isinstance(body, dict):
         raise Refused(Problem.BAD_FORMAT)
@@ -119,7 +119,7 @@ def session_presence(raw_id: str):
 @bp.post("/sessions/<raw_id>/messages")
 def post_message(raw_id: str):
     """Store and broadcast like `send_message`; the trusted backend names the sender in `sender_id`."""
-    identity = caller()
+    identity = poster = caller()
     body = json_body()
     if identity.backend:
         sender_id = parse_id(body.get("sender_id"), Problem.MISSING_USER_ID, Problem.INVALID_USER_ID)
@@ -130,6 +130,7 @@ def post_message(raw_id: str):
     session_id = session_id_of(raw_id)
     content = message_content(raw_content, hub().settings.max_message_length)
     client_msg_id = client_message_id(body.get("client_msg_id"))
+    current_app.extensions["chat_post_limit"].take(poster)  # RATE_LIMIT, as a socket's send_message
     session = hub().authorize_to_post(identity, session_id)
     message, duplicate = hub().post_message(identity, session, content, None, client_msg_id)
     payload = message.to_wire()

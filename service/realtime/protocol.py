@@ -212,6 +212,8 @@ def dispatch(ctx: ChatHub, conn: ConnectionState, raw: str | bytes) -> list[Repl
         func = handler_for(message.get("type"))
         if func is None:
             raise Refused(Problem.UNKNOWN_TYPE)
+        if conn.identity is not None:
+            follow_agents_table(ctx, conn)
         return func(ctx, conn, message)
     except Refused as refused:
         ctx.observe_error(refused.problem)
@@ -225,6 +227,31 @@ def dispatch(ctx: ChatHub, conn: ConnectionState, raw: str | bytes) -> list[Repl
         log.exception("handler failed", extra={"connection_id": conn.connection_id, "user_id": conn.user_id})
         ctx.observe_error(Problem.INTERNAL)
         return [Problem.INTERNAL.frame()]
+
+
+def follow_agents_table(ctx: ChatHub, conn: ConnectionState) -> None:
+    """Give an authenticated connection the agent rights the agents table grants now (AGENT_RECHECK_SECONDS).
+
+    Runs before every handler, so joins, sends, reads, typing and anything added later are decided with
+    today's rights, not those of the `auth`. A connection that lost them also leaves a room it may no longer
+    see, and is told so with `left_session` (`"reason":"forbidden"`).
+    """
+    identity = conn.identity
+    assert identity is not None
+    current = ctx.auth.current(identity)
+    if current is identity:
+        return
+    session_id = conn.session_id
+    evict = False
+    if not current.is_agent and session_id is not None:
+        session = ctx.session(session_id)  # first: if it cannot be read, nothing changed and the next frame retries
+        evict = session is None or session.user_id != current.user_id
+    conn.identity = current
+    log.info("agent rights %s", "granted" if current.is_agent else "revoked",
+             extra={"connection_id": conn.connection_id, "user_id": current.user_id})
+    if evict:
+        ctx.registry.leave(conn)
+        conn.send_text(encode({"type": "left_session", "session_id": session_id, "reason": "forbidden"}))
 
 
 def require_identity(conn: ConnectionState) -> Identity:

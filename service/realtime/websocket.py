@@ -7,13 +7,15 @@ module subclasses its two classes in one place:
 * `ChatWebSocket` reads and writes frames itself: masks checked (1002), size checked from the header
   before the payload is read (1009), UTF-8 checked incrementally in C (1007), close codes validated and
   echoed, and every write (data, pong, close) under one lock so frames never interleave.
-* `ChatHandler` refuses a disallowed Origin or too many connections per IP with a real HTTP status before
-  the 101, bounds the time a client may take to send its request, and serves plain HTTP requests that
-  carry `Connection: upgrade` (the legacy nginx recipe) with a length-limited body.
+* `ChatHandler` refuses a malformed upgrade, a disallowed Origin or too many connections per IP with a
+  real HTTP status and body before the 101 (the per-IP count is released on every path), bounds the time
+  a client may take to send its request, and serves plain HTTP requests that carry `Connection: upgrade`
+  (the legacy nginx recipe) with a length-limited body.
 """
 
 from __future__ import annotations
 
+import base64
 import codecs
 import logging
 import socket
@@ -85,6 +87,14 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
     if n <= 0xFFFF:
         return struct.pack("!BBH", first, 126, n) + payload
     return struct.pack("!BBQ", first, 127, n) + payload
+
+
+def valid_key(key: str) -> bool:
+    """A Sec-WebSocket-Key: 16 bytes in base64 (RFC 6455 4.1), nothing else."""
+    try:
+        return len(base64.b64decode(key.strip(), validate=True)) == 16
+    except ValueError:  # binascii.Error, or text that is not ASCII
+        return False
 
 
 class FrameRefused(Exception):
@@ -439,11 +449,11 @@ class ChatHandler(WebSocketHandler):
         """
         policy = self._policy()
         if policy is None or not policy.handshake_timeout:
-            return super().handle_one_request()
+            return self._one_request()
         self._deadline = gevent.Timeout(policy.handshake_timeout, TimeoutError("handshake timeout"))
         self._deadline.start()
         try:
-            return super().handle_one_request()
+            return self._one_request()
         except TimeoutError:
             return None
         finally:
@@ -451,11 +461,16 @@ class ChatHandler(WebSocketHandler):
                 self._deadline.close()
                 self._deadline = None
 
-    def run_application(self) -> None:
-        if self._deadline is not None:
-            self._deadline.close()
-            self._deadline = None  # a WebSocket runs inside this request: let its timer go now
-        super().run_application()
+    def _one_request(self) -> Any:
+        result = super().handle_one_request()
+        if isinstance(result, tuple) and self.environ is None:
+            # pywsgi refused the request line (e.g. a \x0b in it, or too long) before building an environ,
+            # and its access line would then raise: give it what the line reads.
+            address = self.client_address
+            self.environ = {"REMOTE_ADDR": address[0] if isinstance(address, tuple) else str(address or "-"),
+                            "REQUEST_METHOD": "-", "RAW_URI": (self.requestline or "")[:256], "SERVER_PROTOCOL": "-"}
+            self.response_headers = self.response_headers or ()
+        return result
 
     def get_environ(self) -> dict[str, Any]:
         environ = super().get_environ()
@@ -468,20 +483,55 @@ class ChatHandler(WebSocketHandler):
             environ["wsgi.input_terminated"] = True
         return environ
 
+    def run_application(self) -> None:
+        if self._deadline is not None:
+            self._deadline.close()
+            self._deadline = None  # a WebSocket runs inside this request: let its timer go now
+        try:
+            super().run_application()
+        finally:
+            # Whatever ended the request (an answered socket, a refusal, a 101 the peer reset before it was
+            # written), the per-IP count it took is given back: a leak would lock the address out.
+            self._release()
+
+    def answer(self, status: str, text: str, headers: tuple[tuple[str, str], ...] = ()) -> list[bytes]:
+        """A refused handshake: the status, a short text body of the length declared, and the connection closed."""
+        body = f"{text}\n".encode()
+        self.start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                                     ("Content-Length", str(len(body))), *headers])
+        self.close_connection = True
+        return [body]
+
+    def upgrade_websocket(self) -> list[bytes] | None:
+        """Check an upgrade request ourselves, answering every bad one with a 4xx and a body.
+
+        The library's checks answer `402 Bad Request` to HTTP/1.0, send 400/426 with a Content-Length of
+        a body they never write (py3 str bodies), and fail a key that is not base64 with a 500.
+        """
+        environ = self.environ
+        if (environ.get("REQUEST_METHOD", "") != "GET" or environ.get("HTTP_UPGRADE", "").lower() != "websocket"
+                or "upgrade" not in environ.get("HTTP_CONNECTION", "").lower()):
+            return super().upgrade_websocket()  # not a WebSocket request: the application answers it
+        if self.request_version != "HTTP/1.1":
+            return self.answer("400 Bad Request", "WebSocket upgrade needs HTTP/1.1")
+        supported = (("Sec-WebSocket-Version", ", ".join(self.SUPPORTED_VERSIONS)),)
+        version = environ.get("HTTP_SEC_WEBSOCKET_VERSION")
+        if not version:
+            return self.answer("426 Upgrade Required", "Sec-WebSocket-Version is missing", supported)
+        if version not in self.SUPPORTED_VERSIONS:
+            return self.answer("400 Bad Request", "Unsupported Sec-WebSocket-Version", supported)
+        if not valid_key(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")):
+            return self.answer("400 Bad Request", "Sec-WebSocket-Key must be 16 bytes in base64")
+        return self.upgrade_connection()
+
     def upgrade_connection(self) -> list[bytes] | None:
         policy = self._policy()
         refusal = policy.refusal(self.environ) if policy is not None else None
-        if refusal is None and policy is not None:
-            self._counted_ip = policy.open(self.environ)  # counted from here, so concurrent handshakes count too
-        elif refusal is not None:
+        if refusal is not None:
             status, reason = refusal
-            body = reason.encode("utf-8")
-            self.start_response(
-                f"{status} {reason}",
-                [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
-            )
-            self.close_connection = True
-            return [body]
+            return self.answer(f"{status} {reason}", reason)
+        if policy is not None:
+            self._counted_ip = policy.open(self.environ)  # counted from here, so concurrent handshakes count too
         result = super().upgrade_connection()
         if getattr(self, "websocket", None) is None:
             self._release()
