@@ -101,14 +101,18 @@ def test_plain_http_on_the_tls_port_gets_nothing_useful(tls_server: Server) -> N
 
 
 def test_stop_closes_wss_clients_with_1001_promptly(server_factory, certificate) -> None:
-    """TERM with wss clients open: each gets close 1001 and the server exits well before GRACEFUL_TIMEOUT."""
-    server = server_factory(**tls_settings(certificate))  # GRACEFUL_TIMEOUT=5
+    """TERM with wss clients open: each gets close 1001 and the server exits without waiting for GRACEFUL_TIMEOUT.
+
+    GRACEFUL_TIMEOUT is set far above the bound, so an exit within the bound proves the sockets were closed
+    rather than waited on, however loaded the machine is.
+    """
+    server = server_factory(GRACEFUL_TIMEOUT=120, **tls_settings(certificate))
     clients = [RawWebSocket(server.port, "/", tls=True) for _ in range(3)]
     for ws in clients:
         ws.recv_data()
     started = time.monotonic()
-    server.stop()
-    assert time.monotonic() - started < 4
+    code = server.stop(timeout=110)  # SIGKILL only past GRACEFUL_TIMEOUT's reach
+    assert code == 0 and time.monotonic() - started < 60, code
     for ws in clients:
         assert ws.expect_close(reply=False) == 1001
         ws.close()
