@@ -386,6 +386,13 @@ def _looks_like_public_pem(path: str) -> bool:
         or b"-----BEGIN CERTIFICATE-----" in head
 
 
+def jwt_secret_problem(secret: str) -> str | None:
+    """Why the server would refuse this HS256 secret (`token` refuses to sign with it too), or None."""
+    if secret and len(secret.encode()) < 32:
+        return "JWT_SECRET must be at least 32 bytes for HS256 (RFC 7518 3.2); e.g. `openssl rand -hex 32`."
+    return None
+
+
 def serving_problems(settings: Settings) -> list[str]:
     """Reasons the server must not start with these settings (checked before the port is bound)."""
     problems = []
@@ -396,8 +403,8 @@ def serving_problems(settings: Settings) -> list[str]:
         )
     if settings.auth_mode == "jwt" and not (settings.jwt_secret or settings.jwt_public_key):
         problems.append("AUTH_MODE=jwt needs JWT_SECRET (HS256) or JWT_PUBLIC_KEY (a PEM file for RS256/ES256).")
-    if settings.auth_mode == "jwt" and settings.jwt_secret and len(settings.jwt_secret.encode()) < 32:
-        problems.append("JWT_SECRET must be at least 32 bytes for HS256 (RFC 7518 3.2); e.g. `openssl rand -hex 32`.")
+    if settings.auth_mode == "jwt" and jwt_secret_problem(settings.jwt_secret):
+        problems.append(jwt_secret_problem(settings.jwt_secret))
     if settings.jwt_public_key:
         if not os.access(settings.jwt_public_key, os.R_OK):
             problems.append(f"JWT_PUBLIC_KEY={settings.jwt_public_key} is not a readable file.")
