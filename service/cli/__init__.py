@@ -96,7 +96,7 @@ class ChatGroup(click.Group):
         rows = []
         for name in self.list_commands(ctx):
             loaded = self.commands.get(name)
-            if loaded is None and self is cli and name in LAZY_COMMANDS:
+            if self is cli and name in LAZY_COMMANDS:  # the same line whether or not the module is loaded
                 rows.append((name, LAZY_COMMANDS[name][1]))
             elif loaded is not None and not loaded.hidden:
                 rows.append((name, short_help(loaded)))
