@@ -334,6 +334,8 @@ def status(ctx: Context, as_json: bool) -> None:
                              if stale_removed else ""))
         if control.problem:
             blocks.append(f"note: {control.problem}; a reload or start would be refused until it is fixed")
+        if reports:
+            blocks.append(LEGEND)
         click.echo("\n\n".join(blocks))
     if reports:
         sys.exit(0)
@@ -441,8 +443,9 @@ def render_status(report: dict[str, Any]) -> str:
 
     lines.append(fmt(header))
     lines.extend(fmt(r) for r in rows)
-    lines.append("")
-    lines.append("auth = authenticated connections, users = distinct users per worker, joined = connections in a "
-                 "session, msg_in/out = frames received/sent, stored = messages stored; figures refresh every "
-                 f"{state.STATS_INTERVAL:.0f}s")
     return "\n".join(lines)
+
+
+LEGEND = ("auth = authenticated connections, users = distinct users per worker, joined = connections in a session, "
+          "msg_in/out = frames received/sent, stored = messages stored; figures refresh every "
+          f"{state.STATS_INTERVAL:.0f}s")
