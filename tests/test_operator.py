@@ -386,3 +386,21 @@ def test_token_refuses_a_secret_the_server_would_refuse() -> None:
     assert "JWT_SECRET must be at least 32 bytes" in result.stderr and result.stdout == ""
     ok = run_cli(base_env(AUTH_MODE="jwt", JWT_SECRET="x" * 32), "token", "7")
     assert ok.returncode == 0 and ok.stdout.count(".") == 2
+
+
+def test_metrics_carry_build_info_and_process_metrics_of_the_whole_server(server_factory) -> None:
+    """/metrics: chat_build_info with the release, and process_* summed over master and workers."""
+    import re
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    server = server_factory()
+    status, text = server.http("GET", "/metrics")
+    assert status == 200
+    assert re.search(rf'^chat_build_info\{{python="[0-9.]+",version="{re.escape(version)}"\}} 1\.0$', text, re.M), text
+    memory = float(re.search(r"^process_resident_memory_bytes (\S+)$", text, re.M)[1])
+    master = int(Path(server.env["PIDFILE"]).read_text())
+    master_rss = int(Path(f"/proc/{master}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    assert memory > master_rss  # the worker's memory is in it too
+    assert re.search(r"^process_start_time_seconds \S+$", text, re.M)
+    assert re.search(r"^process_open_fds \S+$", text, re.M)
