@@ -2,7 +2,8 @@
 
 Only `service.config` and standard-library helpers of the service (`service.logs`, `service.ops.state`)
 are imported here: the master must not import database, Redis or socket libraries before the workers fork
-and monkey-patch. A bad setting stops start-up here, with one line, before the port is bound.
+and monkey-patch. A bad setting stops start-up here, with one line, before the port is bound; a HUP checks
+the settings before gunicorn re-reads this file, and a bad one is refused (the running workers keep serving).
 
 `python -m service start -d` adds `--daemon --error-logfile LOGFILE --capture-output` on the command line;
 everything else is the same for `gunicorn -c gunicorn.conf.py wsgi:app`.
