@@ -10,27 +10,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import need_mariadb
+from test_operations import wait_until
 
 from support import ROOT, Server, base_env, free_port, run_cli
-
-
-def wait_until(condition, timeout: float = 20.0, interval: float = 0.1):
-    """Poll `condition` until it returns something true; fail after `timeout` with its last value."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
 
 
 def worker_pids(master: int) -> set[int]:
@@ -66,12 +54,12 @@ def test_hup_after_a_typo_in_env_keeps_serving_and_says_why_the_reload_was_refus
     """`kill -HUP <master>` with WEBSOCKET_PORT=23a46 in .env: one log line, same workers still serving."""
     server, env_file = env_file_server
     master = server.proc.pid
-    before = wait_until(lambda: worker_pids(master))
+    before = wait_until(lambda: worker_pids(master), 20)
     good = env_file.read_text()
     env_file.write_text(good.replace(f"WEBSOCKET_PORT={server.port}", "WEBSOCKET_PORT=23a46"), encoding="utf-8")
 
     os.kill(master, signal.SIGHUP)
-    line = wait_until(lambda: next((ln for ln in server.log().splitlines() if "reload refused" in ln), None))
+    line = wait_until(lambda: next((ln for ln in server.log().splitlines() if "reload refused" in ln), None), 20)
     assert "WEBSOCKET_PORT='23a46' is not valid" in line, line
     assert server.log().count("reload refused") == 1
     assert "Parent changed" not in server.log()
@@ -81,7 +69,7 @@ def test_hup_after_a_typo_in_env_keeps_serving_and_says_why_the_reload_was_refus
 
     env_file.write_text(good, encoding="utf-8")  # fixed: the next HUP reloads as usual
     os.kill(master, signal.SIGHUP)
-    wait_until(lambda: (pids := worker_pids(master)) and not pids & before)
+    wait_until(lambda: (pids := worker_pids(master)) and not pids & before, 20)
     assert server.http("GET", "/healthz")[0] == 200
 
 
@@ -89,10 +77,10 @@ def test_hup_with_settings_the_server_would_refuse_is_refused_too(env_file_serve
     """Valid values that cannot serve (2 workers without Redis) are refused on HUP like at start."""
     server, env_file = env_file_server
     master = server.proc.pid
-    before = wait_until(lambda: worker_pids(master))
+    before = wait_until(lambda: worker_pids(master), 20)
     env_file.write_text(env_file.read_text() + "WEBSOCKET_WORKER_COUNT=2\n", encoding="utf-8")
     os.kill(master, signal.SIGHUP)
-    line = wait_until(lambda: next((ln for ln in server.log().splitlines() if "reload refused" in ln), None))
+    line = wait_until(lambda: next((ln for ln in server.log().splitlines() if "reload refused" in ln), None), 20)
     assert "needs REDIS_URL" in line
     assert server.proc.poll() is None and worker_pids(master) == before
 
