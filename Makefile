@@ -2,20 +2,29 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make run` is the try-it command, in trust mode: it listens on this host only unless told otherwise
+# (`make run HOST=0.0.0.0`). The service itself defaults to 0.0.0.0, as the legacy server did.
+HOST ?= 127.0.0.1
 
-.PHONY: run test check lint venv clean autobahn bench
+.PHONY: run install test check lint venv clean autobahn bench
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+# The project is installed into its venv (editable: the checkout stays the code that runs), which puts the
+# `chat-service` command in .venv/bin.
+$(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 venv: $(BIN)/.installed
 
-# Same as `$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app` (see README, "Operations"); `start -d` for a daemon.
+install: venv
+	@echo "installed: $(BIN)/chat-service (start -d, stop, status, ...; see $(BIN)/chat-service --help)"
+
+# Same as `WEBSOCKET_HOST=127.0.0.1 .venv/bin/chat-service start` (see README, "Operations").
 run: venv
-	$(BIN)/python -m service start
+	WEBSOCKET_HOST=$(HOST) $(BIN)/chat-service start
 
 test: venv
 	$(BIN)/python -m pytest
@@ -34,4 +43,4 @@ autobahn: venv
 	$(BIN)/python scripts/autobahn.py
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var chat_service.egg-info

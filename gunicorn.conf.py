@@ -2,15 +2,19 @@
 
 Only `service.config` and standard-library helpers of the service (`service.logs`, `service.ops.state`)
 are imported here: the master must not import database, Redis or socket libraries before the workers fork
-and monkey-patch. A bad setting stops start-up here, with one line, before the port is bound.
+and monkey-patch. A bad setting stops start-up here, with one line, before the port is bound; a HUP checks
+the settings before gunicorn re-reads this file, and a bad one is refused (the running workers keep serving).
 
 `python -m service start -d` adds `--daemon --error-logfile LOGFILE --capture-output` on the command line;
 everything else is the same for `gunicorn -c gunicorn.conf.py wsgi:app`.
 """
 
+import atexit
+import ipaddress
 import os
 import resource
 import sys
+import time
 
 from service.config import ConfigError, load_settings, serving_problems
 from service.logs import gunicorn_logconfig
@@ -53,7 +57,10 @@ for _directory in (os.path.dirname(_settings.pidfile), os.path.dirname(_settings
 
 
 def on_starting(server):
-    """After the pid file, before the port: fresh metrics files, and the open-file limit raised."""
+    """After the pid file, before the port: fresh metrics files, the open-file limit raised, a guarded HUP."""
+    _guard_reload(server)
+    # gunicorn removes its pid file on a normal exit only: a port in use ends start-up with sys.exit.
+    atexit.register(_remove_own_pidfile, server)
     if not server.master_pid:  # not a USR2 re-exec, whose old master still uses the metrics files
         # prometheus-client reads this in every worker, which inherits it from the master.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(state.prepare_state_dir(_settings.state_dir))
@@ -65,6 +72,67 @@ def on_starting(server):
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
         except (ValueError, OSError):
             server.log.warning("could not raise the open-file limit above %s", soft)
+
+
+def _guard_reload(server):
+    """A HUP re-reads this file, whose refusal of a bad setting would end the running master ("Parent changed,
+    shutting down" in every worker). Check the settings first; refuse the reload (one line) when they are bad,
+    so the running workers keep serving with the settings they started with."""
+    reload = server.reload
+
+    def guarded_reload():
+        try:
+            problems = serving_problems(load_settings())
+        except ConfigError as exc:
+            problems = [f"configuration error: {exc}"]
+        if problems:
+            server.log.error("reload refused, still serving with the previous settings: %s", problems[0])
+            return
+        reload()
+
+    server.reload = guarded_reload
+
+
+def _remove_own_pidfile(server):
+    if server.pidfile is not None and os.getpid() == server.pid:
+        server.pidfile.unlink()  # only when the file still names this master
+
+
+def when_ready(server):
+    """The port is bound: record this instance for `status`, warn when trust mode listens beyond this host."""
+    _record_instance(server)
+    host = _settings.websocket_host
+    if _settings.auth_mode == "trust" and not _is_loopback(host):
+        server.log.warning(
+            "AUTH_MODE=trust on %s: anyone who reaches port %s can act as any user; set AUTH_MODE=jwt, or "
+            "WEBSOCKET_HOST=127.0.0.1 behind a proxy that authenticates", host, _settings.websocket_port)
+
+
+def on_reload(server):
+    """After a HUP's new settings: the instance record follows them (pid file, address)."""
+    _record_instance(server)
+
+
+def _record_instance(server):
+    state.write_instance(_settings.state_dir, {
+        "pid": server.pid,
+        "port": _settings.websocket_port,
+        "workers": _settings.worker_count,
+        "listen": [str(listener) for listener in server.LISTENERS],
+        "pidfile": _settings.pidfile,
+        "logfile": _settings.logfile,
+        "ssl": _settings.websocket_ssl,
+        "recorded_at": time.time(),
+    })
+
+
+def _is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def post_worker_init(worker):

@@ -1,4 +1,4 @@
-"""Typed settings: defaults, then `.env`, then the process environment, then test overrides.
+"""Typed settings: defaults, then `.env`, then `.env.local`, then the process environment, then test overrides.
 
 One loader for every entry point (gunicorn.conf.py, the app, the CLI), so a value means the same thing
 everywhere. A bad value raises `ConfigError` naming the variable and what is allowed; nothing here writes
@@ -128,6 +128,23 @@ def _echo_path(raw: str) -> str:
     return value
 
 
+def service_version() -> str:
+    """The installed distribution's version, else pyproject.toml's (a checkout that was never installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("chat-service")
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        import tomllib
+
+        with open(PROJECT_ROOT / "pyproject.toml", "rb") as f:
+            return str(tomllib.load(f)["project"]["version"])
+    except (OSError, KeyError, ValueError):
+        return "unknown"
+
+
 def setting(env: str, default: str, parse: Callable[[str], Any], doc: str) -> Any:
     """Declare one setting: its variable name, default (as the text a user would write), parser, doc."""
     return field(metadata={"env": env, "default": default, "parse": parse, "doc": doc})
@@ -215,9 +232,13 @@ class Settings:
     graceful_timeout: float = setting(
         "GRACEFUL_TIMEOUT", "10", _float(1, 3600), "Seconds a stopping worker gets to finish."
     )
-    pidfile: str = setting("PIDFILE", "var/chat.pid", _path, "Pid file of the daemon.")
-    logfile: str = setting("LOGFILE", "var/chat.log", _path, "Log file of the daemon.")
-    state_dir: str = setting("STATE_DIR", "var/run", _path, "Per-worker stats and metrics files.")
+    pidfile: str = setting(
+        "PIDFILE", "var/chat-{port}.pid", _path, "Pid file of the daemon; {port} is WEBSOCKET_PORT."
+    )
+    logfile: str = setting("LOGFILE", "var/chat-{port}.log", _path, "Log file of `start -d`; {port} is WEBSOCKET_PORT.")
+    state_dir: str = setting(
+        "STATE_DIR", "var/run-{port}", _path, "Per-worker stats and metrics files; {port} is WEBSOCKET_PORT."
+    )
     log_level: str = setting(
         "LOG_LEVEL", "info", _choice("debug", "info", "warning", "error", "critical"), "Log level."
     )
@@ -237,39 +258,127 @@ class Settings:
         return ZoneInfo(self.app_timezone)
 
 
+LOCAL_ENV_FILE = ".env.local"
+# Settings whose value may name `{port}`: several instances in one folder then get files of their own.
+PORT_TEMPLATED = ("PIDFILE", "LOGFILE", "STATE_DIR")
+# What `stop` and `status` need: they must work while another setting in .env holds a typo.
+CONTROL_SETTINGS = ("WEBSOCKET_HOST", "WEBSOCKET_PORT", "PIDFILE", "LOGFILE", "STATE_DIR", "GRACEFUL_TIMEOUT",
+                    "WEBSOCKET_SSL")
+
+
 def env_file_path(environ: Mapping[str, str]) -> Path:
     """`.env` beside the project, or the file CHAT_ENV_FILE names."""
     return Path(environ.get("CHAT_ENV_FILE") or PROJECT_ROOT / ".env")
 
 
+def env_files(environ: Mapping[str, str]) -> list[Path]:
+    """The files read, lowest priority first: the committed `.env` (defaults), then the untracked `.env.local`
+    (this machine's real settings). CHAT_ENV_FILE names the one file to read instead of both."""
+    if environ.get("CHAT_ENV_FILE"):
+        return [Path(environ["CHAT_ENV_FILE"])]
+    return [PROJECT_ROOT / ".env", PROJECT_ROOT / LOCAL_ENV_FILE]
+
+
+def raw_values(environ: Mapping[str, str] | None = None,
+               overrides: Mapping[str, Any] | None = None) -> dict[str, tuple[str, str]]:
+    """Every setting's text before parsing, with where it came from: {variable: (text, source)}."""
+    environ = os.environ if environ is None else environ
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    for path in env_files(environ):
+        if path.is_file():
+            layers.append((str(path), {k: v for k, v in dotenv_values(path).items() if v is not None}))
+    layers.append(("the environment", environ))
+    if overrides:
+        layers.append(("overrides", overrides))
+    out: dict[str, tuple[str, str]] = {}
+    for f in fields(Settings):
+        name = f.metadata["env"]
+        raw: Any = f.metadata["default"]
+        source = "the default"
+        for where, values in layers:
+            if name in values:
+                raw, source = values[name], where
+        if not isinstance(raw, str):
+            raw = str(raw).lower() if isinstance(raw, bool) else str(raw)
+        out[name] = (raw, source)
+    return out
+
+
+def _parse(f: Any, raw: str, source: str) -> Any:
+    try:
+        return f.metadata["parse"](raw)
+    except ValueError as exc:
+        where = f" (set in {source})" if source.startswith("/") else ""
+        raise ConfigError(f"{f.metadata['env']}={raw!r} is not valid: expected {exc}{where}") from None
+
+
 def load_settings(
     overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Build Settings from defaults < .env < environment < overrides (keys are variable names)."""
-    environ = os.environ if environ is None else environ
-    path = env_file_path(environ)
-    file_values = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
-    values: dict[str, Any] = {}
-    for f in fields(Settings):
-        meta = f.metadata
-        name = meta["env"]
-        raw: Any = meta["default"]
-        if name in file_values:
-            raw = file_values[name]
-        if name in environ:
-            raw = environ[name]
-        if overrides and name in overrides:
-            raw = overrides[name]
-        if not isinstance(raw, str):
-            raw = str(raw).lower() if isinstance(raw, bool) else str(raw)
-        try:
-            values[f.name] = meta["parse"](raw)
-        except ValueError as exc:
-            raise ConfigError(f"{name}={raw!r} is not valid: expected {exc}") from None
+    """Build Settings from defaults < .env < .env.local < environment < overrides (keys are variable names)."""
+    raw = raw_values(environ, overrides)
+    values = {f.name: _parse(f, *raw[f.metadata["env"]]) for f in fields(Settings)}
+    _expand_port(values)
     settings = Settings(**values)
     if settings.is_sqlite:
         object.__setattr__(settings, "database_url", _absolute_sqlite(settings.database_url))
     return settings
+
+
+def _expand_port(values: dict[str, Any]) -> None:
+    for f in fields(Settings):
+        if f.metadata["env"] in PORT_TEMPLATED:
+            values[f.name] = values[f.name].replace("{port}", str(values["websocket_port"]))
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """The few settings `stop` and `status` need, and what is wrong with the rest (they still work)."""
+
+    websocket_host: str
+    websocket_port: int | None
+    pidfile: str | None
+    logfile: str | None
+    state_dir: str | None
+    graceful_timeout: float
+    websocket_ssl: bool
+    templates: dict[str, str]  # PIDFILE, STATE_DIR as written, {port} unexpanded: where to look for instances
+    problem: str | None  # the first bad value of any setting, or None
+
+
+def load_control_settings(environ: Mapping[str, str] | None = None) -> ControlSettings:
+    """Parse only the control settings; a bad value elsewhere is reported in `problem`, not raised."""
+    raw = raw_values(environ)
+    by_env = {f.metadata["env"]: f for f in fields(Settings)}
+    problem = None
+    parsed: dict[str, Any] = {}
+    for name, f in by_env.items():
+        try:
+            value = _parse(f, *raw[name])
+        except ConfigError as exc:
+            problem = problem or str(exc)
+            value = None
+        if name in CONTROL_SETTINGS:
+            parsed[name] = value
+    port = parsed["WEBSOCKET_PORT"]
+
+    def templated(name: str) -> str | None:
+        value = parsed[name]
+        if value is None or (port is None and "{port}" in value):
+            return None
+        return value.replace("{port}", str(port))
+
+    return ControlSettings(
+        websocket_host=parsed["WEBSOCKET_HOST"] or "0.0.0.0",
+        websocket_port=port,
+        pidfile=templated("PIDFILE"),
+        logfile=templated("LOGFILE"),
+        state_dir=templated("STATE_DIR"),
+        graceful_timeout=parsed["GRACEFUL_TIMEOUT"] or 10.0,
+        websocket_ssl=bool(parsed["WEBSOCKET_SSL"]),
+        templates={name: _path(raw[name][0]) for name in PORT_TEMPLATED},
+        problem=problem,
+    )
 
 
 def _absolute_sqlite(url: str) -> str:
@@ -296,6 +405,13 @@ def _looks_like_public_pem(path: str) -> bool:
         or b"-----BEGIN CERTIFICATE-----" in head
 
 
+def jwt_secret_problem(secret: str) -> str | None:
+    """Why the server would refuse this HS256 secret (`token` refuses to sign with it too), or None."""
+    if secret and len(secret.encode()) < 32:
+        return "JWT_SECRET must be at least 32 bytes for HS256 (RFC 7518 3.2); e.g. `openssl rand -hex 32`."
+    return None
+
+
 def serving_problems(settings: Settings) -> list[str]:
     """Reasons the server must not start with these settings (checked before the port is bound)."""
     problems = []
@@ -306,8 +422,8 @@ def serving_problems(settings: Settings) -> list[str]:
         )
     if settings.auth_mode == "jwt" and not (settings.jwt_secret or settings.jwt_public_key):
         problems.append("AUTH_MODE=jwt needs JWT_SECRET (HS256) or JWT_PUBLIC_KEY (a PEM file for RS256/ES256).")
-    if settings.auth_mode == "jwt" and settings.jwt_secret and len(settings.jwt_secret.encode()) < 32:
-        problems.append("JWT_SECRET must be at least 32 bytes for HS256 (RFC 7518 3.2); e.g. `openssl rand -hex 32`.")
+    if settings.auth_mode == "jwt" and jwt_secret_problem(settings.jwt_secret):
+        problems.append(jwt_secret_problem(settings.jwt_secret))
     if settings.jwt_public_key:
         if not os.access(settings.jwt_public_key, os.R_OK):
             problems.append(f"JWT_PUBLIC_KEY={settings.jwt_public_key} is not a readable file.")
@@ -343,8 +459,9 @@ def _tls_problem(cert: str, key: str) -> str | None:
 def env_example() -> str:
     """The text of `.env.example`: every setting with its default and meaning (regenerate when adding one)."""
     lines = [
-        "# Every setting of the chat service, with its default. Copy to .env and change what you need;",
-        "# variables set in the environment win over .env. Generated from service/config.py:",
+        "# Every setting of the chat service, with its default. Put the ones you change in .env.local (not tracked",
+        "# by git; it wins over the committed .env), or in the environment, which wins over both.",
+        "# Generated from service/config.py:",
         '#   python -c "from service.config import env_example; print(env_example(), end=\'\')" > .env.example',
         "",
     ]

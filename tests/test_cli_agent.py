@@ -50,3 +50,26 @@ def test_bad_user_id_is_a_usage_error(env: dict[str, str], bad: str) -> None:
     result = run_cli(env, "agent", "add", "--", bad)
     assert result.returncode == 2
     assert "is not a user id" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_add_and_remove_several_agents_at_once(env: dict[str, str]) -> None:
+    """`agent add A B C` adds all three; `agent remove A B X` removes A and B and exits 1 naming X."""
+    ids = [fresh_id() for _ in range(3)]
+    added = run_cli(env, "agent", "add", *map(str, ids))
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.splitlines() == [f"added agent {uid}" for uid in ids]
+    assert set(ids) <= set(listed(env))
+    stranger = fresh_id()
+    removed = run_cli(env, "agent", "remove", str(ids[0]), str(ids[1]), str(stranger))
+    assert removed.returncode == 1
+    assert removed.stdout.splitlines() == [f"removed agent {ids[0]}", f"removed agent {ids[1]}"]
+    assert f"{stranger} is not an agent" in removed.stderr
+    assert set(listed(env)) & set(ids) == {ids[2]}
+
+
+def test_a_bad_id_among_several_adds_none(env: dict[str, str]) -> None:
+    """Every id is checked before any is stored: one bad id is a usage error and nothing is added."""
+    good = fresh_id()
+    result = run_cli(env, "agent", "add", str(good), "abc")
+    assert result.returncode == 2 and "'abc' is not a user id" in result.stderr
+    assert good not in listed(env)

@@ -133,7 +133,8 @@ def test_status_stop_and_reload_when_nothing_runs(deployment: Deployment) -> Non
     """Not running: status exits 3, stop says so and exits 0 (LSB), reload exits 7."""
     status = deployment.cli("status")
     assert status.returncode == 3 and "not running" in status.stdout
-    assert json.loads(deployment.cli("status", "--json").stdout) == {"running": False, "stale_pid": None}
+    assert json.loads(deployment.cli("status", "--json").stdout) == {"running": False, "stale_pid": None,
+                                                                     "instances": []}
     stop = deployment.cli("stop")
     assert stop.returncode == 0 and "not running" in stop.stdout
     assert deployment.cli("reload").returncode == 7

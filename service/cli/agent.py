@@ -23,33 +23,42 @@ def agent() -> None:
 
 
 @agent.command("add")
-@click.argument("user_id")
-@click.option("--name", "display_name", help="Display name shown to reporting.")
+@click.argument("user_ids", metavar="USER_ID...", nargs=-1, required=True)
+@click.option("--name", "display_name", help="Display name shown to reporting (one USER_ID only).")
 @pass_context
-def add(ctx: Context, user_id: str, display_name: str | None) -> None:
-    """Make USER_ID an agent (may join and answer every session)."""
-    uid = _user_id(user_id)
-    try:
-        record, created = ctx.storage.add_agent(uid, display_name)
-    except StorageError as exc:
-        raise click.ClickException(f"database unavailable: {exc}") from None
-    click.echo(f"{'added' if created else 'updated'} agent {record.user_id}"
-               + (f" ({record.display_name})" if record.display_name else ""))
+def add(ctx: Context, user_ids: tuple[str, ...], display_name: str | None) -> None:
+    """Make each USER_ID an agent (may join and answer every session)."""
+    uids = [_user_id(raw) for raw in user_ids]  # every id checked before any is stored
+    if display_name is not None and len(uids) > 1:
+        raise click.BadParameter("names one agent: give a single USER_ID with it", param_hint="--name")
+    for uid in uids:
+        try:
+            record, created = ctx.storage.add_agent(uid, display_name)
+        except StorageError as exc:
+            raise click.ClickException(f"database unavailable: {exc}") from None
+        click.echo(f"{'added' if created else 'updated'} agent {record.user_id}"
+                   + (f" ({record.display_name})" if record.display_name else ""))
 
 
 @agent.command("remove")
-@click.argument("user_id")
+@click.argument("user_ids", metavar="USER_ID...", nargs=-1, required=True)
 @pass_context
-def remove(ctx: Context, user_id: str) -> None:
-    """Remove USER_ID from the agents."""
-    uid = _user_id(user_id)
-    try:
-        removed = ctx.storage.remove_agent(uid)
-    except StorageError as exc:
-        raise click.ClickException(f"database unavailable: {exc}") from None
-    if not removed:
-        raise click.ClickException(f"{uid} is not an agent")
-    click.echo(f"removed agent {uid}")
+def remove(ctx: Context, user_ids: tuple[str, ...]) -> None:
+    """Remove each USER_ID from the agents; exit 1 when one of them was not an agent (the others are removed)."""
+    uids = [_user_id(raw) for raw in user_ids]
+    missing = []
+    for uid in uids:
+        try:
+            removed = ctx.storage.remove_agent(uid)
+        except StorageError as exc:
+            raise click.ClickException(f"database unavailable: {exc}") from None
+        if removed:
+            click.echo(f"removed agent {uid}")
+        else:
+            missing.append(uid)
+    if missing:
+        raise click.ClickException(f"{', '.join(map(str, missing))} {'is' if len(missing) == 1 else 'are'} "
+                                   "not an agent")
 
 
 @agent.command("list")

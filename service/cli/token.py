@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..auth import mint_token, parse_id
-from ..config import ConfigError
+from ..config import ConfigError, jwt_secret_problem
 from ..errors import Problem, Refused
 from . import Context, cli, pass_context
 
@@ -22,6 +22,9 @@ def token(ctx: Context, user_id: str, agent: bool, ttl: int) -> None:
         uid = parse_id(user_id, Problem.MISSING_USER_ID, Problem.INVALID_USER_ID)
     except Refused:
         raise click.BadParameter(f"{user_id!r} is not a user id (a positive integer)") from None
+    problem = jwt_secret_problem(ctx.settings.jwt_secret)
+    if problem:  # a token the server would never accept is worse than none
+        raise click.ClickException(f"not signing: {problem}")
     try:
         click.echo(mint_token(ctx.settings, uid, agent=agent, ttl=ttl))
     except ConfigError as exc:

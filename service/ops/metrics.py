@@ -10,12 +10,27 @@ the writer, fan-out and the Redis backplane never import prometheus-client thems
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from ..config import service_version
 
 if TYPE_CHECKING:
     from ..realtime.fanout import Event
@@ -29,12 +44,57 @@ AUTH_FAILURE_CODES = frozenset({"auth_failed", "missing_user_id", "invalid_user_
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class BuildInfo:
+    """`chat_build_info{version,python} 1`: which release answers (the usual *_build_info convention)."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("chat_build_info", "The running release of the chat service.",
+                                   labels=["version", "python"])
+        family.add_metric([service_version(), platform.python_version()], 1)
+        yield family
+
+
+class ServerProcesses:
+    """The standard `process_*` metrics for the whole server: the gunicorn master and all its workers.
+
+    prometheus-client's ProcessCollector describes one process and does not work in multiprocess mode, so
+    this one runs it for every pid of the server and adds the figures up (start time and fd limit: the
+    master's, the process that lives as long as the server)."""
+
+    SUMMED = {"process_cpu_seconds", "process_virtual_memory_bytes", "process_resident_memory_bytes",
+              "process_open_fds"}
+
+    def __init__(self, master: int) -> None:
+        self.master = master
+
+    def pids(self) -> list[int]:
+        children: list[int] = []
+        with contextlib.suppress(OSError, ValueError):
+            for task in Path(f"/proc/{self.master}/task").iterdir():
+                children += [int(p) for p in (task / "children").read_text().split()]
+        return [self.master, *children]
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for pid in self.pids():
+            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+                if family.name not in merged:
+                    merged[family.name] = family
+                elif family.name in self.SUMMED:
+                    total = merged[family.name]
+                    total.samples = [s._replace(value=s.value + o.value)
+                                     for s, o in zip(total.samples, family.samples, strict=False)]
+        yield from merged.values()
+
+
 class Metrics:
     """Every metric of the service, registered in a registry of its own (no process-global state)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        r.register(BuildInfo())
+        r.register(ServerProcesses(os.getpid()))
         self.connections_open = Gauge(
             "chat_connections_open", "WebSocket connections open now.", registry=r, multiprocess_mode="livesum"
         )
@@ -124,5 +184,7 @@ class Metrics:
         if path and os.path.isdir(path):
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=path)
+            registry.register(BuildInfo())
+            registry.register(ServerProcesses(os.getppid()))  # in a gunicorn worker: the master
             return generate_latest(registry)
         return generate_latest(self.registry)

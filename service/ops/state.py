@@ -146,6 +146,28 @@ def prepare_state_dir(state_dir: str | Path) -> Path:
     return metrics
 
 
+INSTANCE_FILE = "instance.json"
+
+
+def write_instance(state_dir: str | Path, record: dict[str, Any]) -> None:
+    """A master's address and files, for `status` (which finds every instance of a folder by these files)."""
+    write_json_atomic(Path(state_dir) / INSTANCE_FILE, record)
+
+
+def read_instance(state_dir: str | Path) -> dict[str, Any] | None:
+    """The record of the master that last started with this state dir, if it is still running."""
+    try:
+        record = json.loads((Path(state_dir) / INSTANCE_FILE).read_text())
+        pid = int(record["pid"])
+        pidfile = record["pidfile"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if running_pid(pidfile)[0] != pid:
+        return None
+    record["state_dir"] = str(state_dir)
+    return record
+
+
 def describe_uptime(seconds: float) -> str:
     seconds = max(0, int(seconds))
     days, rest = divmod(seconds, 86400)

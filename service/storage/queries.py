@@ -28,6 +28,17 @@ class StorageError(RuntimeError):
     """The database could not be reached or refused the operation; callers answer 'try again'."""
 
 
+def describe_database_error(exc: BaseException) -> str:
+    """The driver's error class, code and text (`OperationalError 1049: Unknown database 'chat'`), for logs,
+    /readyz and the CLI: what an operator needs to act, and never the URL (it holds the password)."""
+    orig = getattr(exc, "orig", None) or exc
+    args = getattr(orig, "args", ())
+    if len(args) >= 2 and isinstance(args[0], int):
+        return f"{type(exc).__name__} {args[0]}: {str(args[1]).splitlines()[0][:300]}"
+    text = str(orig).splitlines()[0][:300] if str(orig) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _session(row) -> SessionRecord:
     return SessionRecord(
         id=row.id,
@@ -96,8 +107,9 @@ class Storage:
             except IntegrityError:
                 raise
             except SQLAlchemyError as exc:
-                log.warning("database error: %s", exc.__class__.__name__, exc_info=log.isEnabledFor(logging.DEBUG))
-                raise StorageError(str(exc.__class__.__name__)) from exc
+                reason = describe_database_error(exc)
+                log.warning("database error: %s", reason, exc_info=log.isEnabledFor(logging.DEBUG))
+                raise StorageError(reason) from exc
 
     def open_connection(self) -> Connection:
         """A connection kept by one long-lived user (a message writer) instead of checked out per use.
@@ -109,8 +121,9 @@ class Storage:
             self._prepare_if_owed()
             return self.writer_engine.connect()
         except SQLAlchemyError as exc:
-            log.warning("database error: %s", exc.__class__.__name__)
-            raise StorageError(str(exc.__class__.__name__)) from exc
+            reason = describe_database_error(exc)
+            log.warning("database error: %s", reason)
+            raise StorageError(reason) from exc
 
     def ping(self) -> None:
         """Read one of the service's tables: a reachable server without our schema is not ready either."""
