@@ -20,9 +20,9 @@ def _engine(ctx: Context):
 
 
 def _database_error(exc: Exception) -> click.ClickException:
-    from ..storage.schema import describe
+    from ..storage.diagnostics import describe_database_error
 
-    return click.ClickException(f"database error: {describe(exc)}")
+    return click.ClickException(f"database error: {describe_database_error(exc)}")
 
 
 def _progress():

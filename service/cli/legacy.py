@@ -25,10 +25,10 @@ def import_legacy(ctx: Context, sessions_table: str, messages_table: str, from_u
     """
     from sqlalchemy import create_engine
 
+    from ..storage.diagnostics import describe_database_error
     from ..storage.legacy import LegacyError
     from ..storage.legacy import import_legacy as run
     from ..storage.progress import Progress
-    from ..storage.schema import describe
 
     storage = ctx.storage  # creates our schema on an empty database, refuses an outdated one
     source = create_engine(from_url) if from_url else storage.engine
@@ -37,7 +37,7 @@ def import_legacy(ctx: Context, sessions_table: str, messages_table: str, from_u
     except LegacyError as exc:
         raise click.ClickException(str(exc)) from None
     except SQLAlchemyError as exc:
-        raise click.ClickException(f"database error: {describe(exc)}") from None
+        raise click.ClickException(f"database error: {describe_database_error(exc)}") from None
     click.echo(
         f"imported {summary.sessions} sessions ({summary.sessions_skipped} already there, "
         f"{summary.sessions_closed} older open ones closed: one open session per customer) and "

@@ -7,7 +7,7 @@ import logging
 from flask import Blueprint, Response, current_app, jsonify
 
 from ..storage import StorageError
-from ..storage.queries import describe_database_error
+from ..storage.diagnostics import describe_database_error
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from gevent.lock import BoundedSemaphore
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from .diagnostics import describe_database_error
 from .models import CLOSE_REASONS, agents_table, events_table, messages_table, read_states_table, sessions_table
 from .records import AgentRecord, MessageRecord, SessionRecord
 
@@ -26,17 +27,6 @@ log = logging.getLogger(__name__)
 
 class StorageError(RuntimeError):
     """The database could not be reached or refused the operation; callers answer 'try again'."""
-
-
-def describe_database_error(exc: BaseException) -> str:
-    """The driver's error class, code and text (`OperationalError 1049: Unknown database 'chat'`), for logs,
-    /readyz and the CLI: what an operator needs to act, and never the URL (it holds the password)."""
-    orig = getattr(exc, "orig", None) or exc
-    args = getattr(orig, "args", ())
-    if len(args) >= 2 and isinstance(args[0], int):
-        return f"{type(exc).__name__} {args[0]}: {str(args[1]).splitlines()[0][:300]}"
-    text = str(orig).splitlines()[0][:300] if str(orig) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _session(row) -> SessionRecord:

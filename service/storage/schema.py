@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 from sqlalchemy.schema import CreateTable  # noqa: E402
 
 from . import naming  # noqa: E402
+from .diagnostics import describe_database_error  # noqa: E402
 from .models import BASE_NAMES, db  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -114,15 +115,6 @@ def check_not_foreign(engine: Engine, tables: set[str]) -> None:
                 f"table {table} exists but is not this service's (it has no {column} column; the PHP server's?): "
                 "leave it alone and set TABLE_PREFIX (e.g. TABLE_PREFIX=cs_) so our tables are created beside it"
             )
-
-
-def describe(exc: BaseException) -> str:
-    """A database error as one line: the driver's code and text (never the URL or a password)."""
-    orig = getattr(exc, "orig", None) or exc
-    args = getattr(orig, "args", ())
-    if len(args) >= 2 and isinstance(args[0], int):
-        return f"({args[0]}) {str(args[1]).splitlines()[0][:300]}"
-    return f"{orig.__class__.__name__}: {(str(orig).splitlines() or [''])[0][:300]}"
 
 
 # -- privileges (MySQL/MariaDB) ----------------------------------------------------------------------------
@@ -360,12 +352,12 @@ def _create_fresh(engine: Engine, head: str) -> None:
             if context.get_current_revision() is None:
                 context.stamp(scripts(), head)
     except SQLAlchemyError as exc:
-        reason = describe(exc)
+        reason = describe_database_error(exc)
         try:
             _remove_created(engine, existing)
         except SQLAlchemyError as cleanup:
             raise SchemaError(f"could not create the schema: {reason}; removing the tables it created failed "
-                              f"too ({describe(cleanup)}): drop them, then start again") from None
+                              f"too ({describe_database_error(cleanup)}): drop them, then start again") from None
         raise SchemaError(f"could not create the schema: {reason}; nothing was left behind") from None
     log.info("created the schema at revision %s", head)
 
@@ -402,7 +394,8 @@ def _reinstall_missing_views(engine: Engine) -> None:
     try:
         install_views(engine)
     except SQLAlchemyError as exc:
-        log.warning("%d report views are missing and reinstalling them failed: %s", len(missing), describe(exc))
+        log.warning("%d report views are missing and reinstalling them failed: %s", len(missing),
+                    describe_database_error(exc))
         return
     log.info("reinstalled %d missing report views", len(missing))
 
