@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import Problem, Refused
+from ..fields import require_encodable
 from ..storage.queries import StorageError
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ def decode(text: str | bytes, max_depth: int = 16) -> dict[str, Any]:
         raise Refused(Problem.BAD_FORMAT) from None
     if not isinstance(message, dict) or not _depth(message, max_depth):
         raise Refused(Problem.BAD_FORMAT)
+    require_encodable(message, text)  # a lone surrogate escape: valid JSON, but no text to store or send
     return message
 
 

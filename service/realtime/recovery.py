@@ -27,6 +27,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Problem, Refused
+from ..fields import cursor
 from ..storage import SessionRecord, StorageError
 from .protocol import ConnectionState, Reply, encode
 from .websocket import CLOSE_POLICY
@@ -44,15 +45,7 @@ REPLAYED_MEMORY_SECONDS = 60.0
 
 def replay_after(value: Any) -> int | None:
     """`last_message_id` of a join: None (absent or null: legacy join) or a message id, 0 meaning "from the start"."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise Refused(Problem.INVALID_MESSAGE_ID)
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value.lstrip("0")) <= 19:
-        value = int(value)
-    if not isinstance(value, int) or not 0 <= value <= 2**63 - 1:
-        raise Refused(Problem.INVALID_MESSAGE_ID)
-    return value
+    return None if value is None else cursor(value, Problem.INVALID_MESSAGE_ID)
 
 
 def join_with_replay(ctx: ChatHub, conn: ConnectionState, session: SessionRecord, after_id: int) -> list[Reply]:
