@@ -62,11 +62,14 @@ class History:
         self.during_read = during_read
         self.fail = fail
 
-    def list_messages(self, session_id: int, after_id: int = 0, limit: int = 50) -> list[MessageRecord]:
+    def list_message_ids(self, session_id: int, after_id: int, limit: int) -> list[int]:
         self.during_read()
         if self.fail:
             raise StorageError("OperationalError")
-        return [message(i) for i in self.stored if i > after_id][:limit]
+        return [i for i in self.stored if i > after_id][:limit]
+
+    def messages_by_ids(self, session_id: int, ids: list[int]) -> list[MessageRecord]:
+        return [message(i) for i in self.stored if i in ids]
 
 
 def context(history: History, replay_limit: int = 1000) -> SimpleNamespace:

@@ -161,6 +161,10 @@ class ConnectionState:
     def close(self, code: int = 1000, reason: str = "") -> None:  # overridden by the socket edge
         pass
 
+    def wait_for_room(self, queued_bytes: int) -> bool:  # overridden by the socket edge
+        """Block until at most `queued_bytes` of frames wait to be written; False when the connection closed."""
+        return True
+
     def send_event(self, text: str, message_id: int | None = None) -> bool:
         """A frame for this connection's room (`message_id` for new_message): queued, or held during a replay.
 
