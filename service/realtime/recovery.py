@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 # as a sorted array (8 bytes each, at most REPLAY_LIMIT) and forgotten after this window.
 REPLAYED_MEMORY_SECONDS = 60.0
 REPLAY_PAGE_MAX = 100  # messages read per page of a replay at most (see replay_page)
-REPLAY_YIELD_EVERY = 16  # replayed frames encoded between two yields to the worker's other greenlets
+REPLAY_YIELD_EVERY = 4  # replayed frames encoded between two yields to the worker's other greenlets
 
 
 def replay_after(value: Any) -> int | None:
@@ -59,9 +59,10 @@ def replay_after(value: Any) -> int | None:
 
 def replay_page(settings: Settings) -> int:
     """Messages read per page of a replay: a page of the longest messages (4 bytes a character in a str, at
-    worst) holds about one connection's queue budget, so a replay holds a page and the queue, not its history."""
+    worst) holds a quarter of one connection's queue budget, so a replay holds a page and the queue, not its
+    history; and reading a page (SQLite reads in the worker's own thread) is a short pause for the others."""
     largest = 4 * settings.max_message_length + 256
-    return max(1, min(REPLAY_PAGE_MAX, settings.max_outbound_bytes // largest))
+    return max(1, min(REPLAY_PAGE_MAX, settings.max_outbound_bytes // 4 // largest))
 
 
 def join_with_replay(ctx: ChatHub, conn: ConnectionState, session: SessionRecord, after_id: int) -> list[Reply]:
@@ -135,6 +136,7 @@ def _send_history(ctx: ChatHub, conn: ConnectionState, session_id: int, ids: lis
                                                                   "session_id": session_id})
             conn.close(CLOSE_TRY_AGAIN, "replay failed")
             return False
+        gevent.sleep(0)  # after each page read, the other connections first
         for message in history:
             if not conn.wait_for_room(room):
                 return False
