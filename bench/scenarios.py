@@ -453,6 +453,7 @@ async def replay(opts: Namespace) -> list[dict]:
             await asyncio.sleep(1.0)
             quiet = await pings(bystander, 2.0)  # the same pings with nothing else going on: this machine's noise
             before = peak = rss(t)
+            cpu = CpuClock(t.workers())
             rtts: list[int] = []
             join = orjson.dumps({"type": "join_session", "session_id": session_id, "last_message_id": 0})
             started = time.monotonic()
@@ -471,6 +472,7 @@ async def replay(opts: Namespace) -> list[dict]:
                 rtts.append(perf_ns() - sent)
                 peak = max(peak, rss(t))
                 await asyncio.sleep(0.02)
+            figures = cpu.read()
             hostile_open = sum(not p.ws.closed.done() for p in hostiles)
             close_all(hostiles + [bystander])
             rtts.sort()
@@ -485,6 +487,7 @@ async def replay(opts: Namespace) -> list[dict]:
                 "rss_before_mb": round(before / 2**20, 1), "rss_peak_mb": round(peak / 2**20, 1),
                 "mb_per_hostile": round((peak - before) / max(1, opts.hostile) / 2**20, 2),
                 "hostile_still_open": hostile_open,
+                "worker_cpu_s": figures.get("server_cpu_s", 0.0),
             }
 
     return [{"scenario": "replay", "target": Target(opts).label(), **await repeat(opts, once)}]
