@@ -28,6 +28,7 @@ DEFAULTS = {  # per scenario: sessions, rate, duration
     "idle": {},
     "insert-baseline": {"duration": 3.0},
     "writer": {"sessions": 400, "duration": 5.0},
+    "replay": {"sessions": 1000, "duration": 6.0},
 }
 
 
@@ -44,7 +45,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--redis", action="store_true", help="give the started service REDIS_URL (cross-worker fan-out)")
     p.add_argument("--server-cpus", default="0", help="taskset CPU list for servers we start (default 0)")
     p.add_argument("--client-cpus", default="1", help="CPU list this generator pins itself to (default 1)")
-    p.add_argument("--sessions", type=int, help="sessions (customer + agent each)")
+    p.add_argument("--sessions", type=int, help="sessions (customer + agent each); replay: messages replayed")
     p.add_argument("--rate", type=float, help="offered messages/s (start rate of the throughput ramp)")
     p.add_argument("--duration", type=float, help="seconds measured (per step for throughput)")
     p.add_argument("--runs", type=int, default=1, help="repeat and report the median of each figure")
@@ -59,6 +60,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--in-flight", type=int, help="fairness/stack: messages each client keeps outstanding")
     p.add_argument("--servers", default="service,gevent,websockets,trivial",
                    help="stack: comma list of service, gevent (b), websockets (c), trivial (generator ceiling)")
+    p.add_argument("--hostile", type=int, default=5, help="replay: sockets that never read and ask for replays")
+    p.add_argument("--replays", type=int, default=3, help="replay: replays each hostile socket asks for")
+    p.add_argument("--content-chars", type=int, default=5000, help="replay: emoji per replayed message")
     p.add_argument("--profile", metavar="DIR", help="py-spy the workers during the measured interval into DIR")
     p.add_argument("--json", help="append result rows to this JSON-lines file")
     p.add_argument("-v", "--verbose", action="store_true", help="print every run and ramp step")

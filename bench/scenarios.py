@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import urlparse
 
-from .load import CpuClock, Peer, Tally, closed_loop, drain, gather_bounded, paced, per_message
+import orjson
+
+from .load import CpuClock, Peer, Tally, closed_loop, drain, gather_bounded, paced, per_message, percentile, perf_ns
 from .profile import Recorder
 from .services import ROOT, ChatService, Process, create_mariadb_database, pinned, start_baseline
 
@@ -408,6 +410,89 @@ async def writer(opts: Namespace) -> list[dict]:
     return [{"scenario": "writer", "target": f"{opts.db}, in-process", **await repeat(opts, once)}]
 
 
+async def pings(peer: Peer, seconds: float) -> list[int]:
+    """Ping round trips (ns, sorted) of `peer`, one every 20 ms for `seconds`."""
+    rtts = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sent = perf_ns()
+        await peer.request({"type": "ping"}, b"pong")
+        rtts.append(perf_ns() - sent)
+        await asyncio.sleep(0.02)
+    return sorted(rtts)
+
+
+async def replay(opts: Namespace) -> list[dict]:
+    """Bystander ping round trips and the worker's memory while --hostile sockets that never read each ask for
+    --replays replays of a session of REPLAY_LIMIT messages of --content-chars emoji (issue 13, item 5)."""
+
+    def rss(t: Target) -> int:
+        return sum(p.memory_info().rss for p in t.workers())
+
+    async def once() -> dict:
+        async with target(opts) as t:
+            owner = user_base()
+            session_id = await asyncio.to_thread(t.open_session, owner)
+            seeder = await Peer(0).open(t.host, t.port)
+            await seeder.auth(owner)
+            content = "\U0001F600" * opts.content_chars
+            messages = opts.sessions  # --sessions: messages in the replayed session
+            seeder.ws.send_many([orjson.dumps({"type": "send_message", "session_id": session_id, "content": content})
+                                 for _ in range(messages)])
+            for _ in range(messages):
+                await seeder.expect(b"new_message", timeout=120)
+            seeder.close()
+            bystander = await Peer(1).open(t.host, t.port)
+            await bystander.auth(owner + 1)
+            hostiles = []
+            for i in range(opts.hostile):
+                peer = await Peer(2 + i).open(t.host, t.port)
+                await peer.auth(owner)
+                peer.ws.transport.pause_reading()  # never reads again: the server's socket buffer fills
+                hostiles.append(peer)
+            await asyncio.sleep(1.0)
+            quiet = await pings(bystander, 2.0)  # the same pings with nothing else going on: this machine's noise
+            before = peak = rss(t)
+            cpu = CpuClock(t.workers())
+            rtts: list[int] = []
+            join = orjson.dumps({"type": "join_session", "session_id": session_id, "last_message_id": 0})
+            started = time.monotonic()
+            next_replay = started
+            asked = 0
+            while time.monotonic() - started < opts.duration:
+                now = time.monotonic()
+                if asked < opts.replays and now >= next_replay:
+                    for peer in hostiles:
+                        if not peer.ws.transport.is_closing():
+                            peer.ws.send(join)
+                    asked += 1
+                    next_replay = now + opts.duration / (opts.replays + 1)
+                sent = perf_ns()
+                await bystander.request({"type": "ping"}, b"pong")
+                rtts.append(perf_ns() - sent)
+                peak = max(peak, rss(t))
+                await asyncio.sleep(0.02)
+            figures = cpu.read()
+            hostile_open = sum(not p.ws.closed.done() for p in hostiles)
+            close_all(hostiles + [bystander])
+            rtts.sort()
+            return {
+                "hostile": opts.hostile, "replays_each": opts.replays, "messages": messages,
+                "content_chars": opts.content_chars, "pings": len(rtts),
+                "quiet_ping_p50_ms": round(percentile(quiet, 50) / 1e6, 3),
+                "quiet_ping_p99_ms": round(percentile(quiet, 99) / 1e6, 3),
+                "ping_p50_ms": round(percentile(rtts, 50) / 1e6, 3),
+                "ping_p99_ms": round(percentile(rtts, 99) / 1e6, 3),
+                "ping_max_ms": round(rtts[-1] / 1e6, 3) if rtts else 0.0,
+                "rss_before_mb": round(before / 2**20, 1), "rss_peak_mb": round(peak / 2**20, 1),
+                "mb_per_hostile": round((peak - before) / max(1, opts.hostile) / 2**20, 2),
+                "hostile_still_open": hostile_open,
+                "worker_cpu_s": figures.get("server_cpu_s", 0.0),
+            }
+
+    return [{"scenario": "replay", "target": Target(opts).label(), **await repeat(opts, once)}]
+
+
 SCENARIOS = {
     "throughput": throughput,
     "latency": latency,
@@ -417,4 +502,5 @@ SCENARIOS = {
     "stack": stack,
     "insert-baseline": pymysql_baseline,
     "writer": writer,
+    "replay": replay,
 }

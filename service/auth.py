@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,12 +18,10 @@ import jwt
 
 from .config import ConfigError
 from .errors import Problem, Refused
+from .fields import MAX_ID, id_is_missing, parse_id  # noqa: F401 (the id validators live in fields.py)
 from .storage import SessionRecord, Storage, StorageError
 
 log = logging.getLogger(__name__)
-
-MAX_ID = 2**63 - 1
-_DIGITS = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,34 +43,6 @@ class Identity:
 
 
 BACKEND = Identity(user_id=0, is_agent=True, backend=True)
-
-
-def id_is_missing(value: Any) -> bool:
-    """Missing, null, empty or zero: the legacy "missing" answer (a boolean is never missing, only invalid)."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, str):
-        return value == "" or (_DIGITS.fullmatch(value) is not None and not value.strip("0"))
-    return value is None or (isinstance(value, int | float) and value == 0)
-
-
-def parse_id(value: Any, missing: Problem, invalid: Problem) -> int:
-    """An id from JSON: an integer or a string of ASCII digits, from 1 to 2**63-1.
-
-    Raises Refused(missing) for a missing id and Refused(invalid) for anything else that is not an id
-    (negative, fractional, boolean, letters, objects).
-    """
-    if id_is_missing(value):
-        raise Refused(missing)
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and _DIGITS.fullmatch(value) and len(value.lstrip("0")) <= 19:
-        number = int(value)
-    else:
-        raise Refused(invalid)
-    if not 0 < number <= MAX_ID:
-        raise Refused(invalid)
-    return number
 
 
 def agent_in_table(storage: Storage, user_id: int) -> bool:

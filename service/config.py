@@ -226,6 +226,10 @@ class Settings:
         "WEBSOCKET_ECHO_PATH", "", _echo_path, "Diagnostics echo endpoint (e.g. /echo); keep empty in production."
     )
     replay_limit: int = setting("REPLAY_LIMIT", "1000", _int(1, 100_000), "Messages replayed on join at most.")
+    max_outbound_bytes: int = setting(
+        "MAX_OUTBOUND_BYTES", "1048576", _int(65536, 1024 * 1024 * 1024),
+        "Bytes queued for one slow connection at most; more closes it 1008 (a replay waits instead).",
+    )
     typing_timeout: float = setting(
         "TYPING_TIMEOUT", "5", _float(0.1, 300), "Seconds after a typing start with no stop before the server stops it."
     )

@@ -18,3 +18,16 @@ def test_bench_latency_scenario_delivers_everything() -> None:
     assert row["scenario"] == "latency"
     assert row["sent"] > 0 and row["received"] == 2 * row["sent"]
     assert row["lost"] == 0 and row["duplicated"] == 0 and row["errors"] == 0
+
+
+def test_bench_replay_scenario_reports_pings_and_memory() -> None:
+    """A short replay run: hostile sockets ask for replays, the bystander's pings and the memory are reported."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "replay", "--duration", "1", "--sessions", "20", "--content-chars", "100",
+         "--hostile", "2", "--replays", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["scenario"] == "replay" and row["hostile"] == 2 and row["messages"] == 20
+    assert row["pings"] > 0 and row["ping_p99_ms"] > 0 and "mb_per_hostile" in row

@@ -62,11 +62,14 @@ class History:
         self.during_read = during_read
         self.fail = fail
 
-    def list_messages(self, session_id: int, after_id: int = 0, limit: int = 50) -> list[MessageRecord]:
+    def list_message_ids(self, session_id: int, after_id: int, limit: int) -> list[int]:
         self.during_read()
         if self.fail:
             raise StorageError("OperationalError")
-        return [message(i) for i in self.stored if i > after_id][:limit]
+        return [i for i in self.stored if i > after_id][:limit]
+
+    def messages_by_ids(self, session_id: int, ids: list[int]) -> list[MessageRecord]:
+        return [message(i) for i in self.stored if i in ids]
 
 
 def context(history: History, replay_limit: int = 1000) -> SimpleNamespace:
@@ -166,3 +169,38 @@ def test_last_message_id_refuses_anything_else(value: Any) -> None:
     with pytest.raises(Refused) as refused:
         replay_after(value)
     assert refused.value.problem.text == "消息ID无效"
+
+
+@dataclass(eq=False)
+class PacedReader(Recorder):
+    """A connection whose queue drains only when the replay waits for room; `reads` = how many waits it serves."""
+
+    waits: list[tuple[int, int]] = field(default_factory=list)  # (room asked for, frames sent before)
+    reads: int = 10**9
+
+    def wait_for_room(self, queued_bytes: int) -> bool:
+        self.waits.append((queued_bytes, len(self.sent)))
+        self.reads -= 1
+        return self.reads >= 0
+
+
+def test_a_replay_waits_for_the_previous_one_and_for_room_before_every_frame() -> None:
+    """The first wait is for an empty queue (an earlier replay written); then one wait per replayed frame, for
+    half of MAX_OUTBOUND_BYTES: the history goes out at the client's pace, never all at once."""
+    ctx = context(History(list(range(11, 141))))  # 130 messages: several pages
+    conn = PacedReader("c1")
+    join_with_replay(ctx, conn, SESSION, 10)
+    room = ctx.settings.max_outbound_bytes // 2
+    assert conn.waits[0] == (0, 0)
+    assert conn.waits[1:] == [(room, 1 + n) for n in range(130)]
+    assert conn.message_ids() == list(range(11, 141))
+
+
+def test_a_connection_that_closes_mid_replay_gets_nothing_more_and_its_events_are_released() -> None:
+    """The client stopped reading and was closed while the replay waited: no further frames, nothing held."""
+    history = History(list(range(11, 61)))
+    ctx = context(history)
+    conn = PacedReader("c1", reads=6)  # the first wait, then 5 frames, then the connection is gone
+    assert join_with_replay(ctx, conn, SESSION, 10) == []
+    assert conn.message_ids() == [11, 12, 13, 14, 15]
+    assert conn.held is None

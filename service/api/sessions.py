@@ -6,9 +6,17 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from ..auth import Identity, id_is_missing, parse_id
+from ..auth import Identity
 from ..errors import Problem, Refused
-from ..realtime.handlers import client_message_id, is_blank, message_content
+from ..fields import (
+    client_message_id,
+    id_is_missing,
+    is_blank,
+    message_content,
+    parse_id,
+    query_int,
+    require_encodable,
+)
 from ..realtime.hub import ChatHub
 from ..storage import StorageError
 
@@ -33,16 +41,12 @@ def json_body() -> dict[str, Any]:
     body = request.get_json(force=True, silent=True)
     if not isinstance(body, dict):
         raise Refused(Problem.BAD_FORMAT)
+    require_encodable(body, request.get_data(cache=True))
     return body
 
 
 def int_arg(name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not lo <= int(raw) <= hi:
-        raise Refused(Problem.INVALID_PARAMETER)
-    return int(raw)
+    return query_int(request.args.get(name), default, lo, hi)
 
 
 def session_id_of(raw: Any) -> int:

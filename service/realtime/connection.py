@@ -1,16 +1,20 @@
 """One client connection at the socket edge: the read loop, and an outbound queue drained by one writer.
 
 Broadcasters only append to a connection's queue, so a slow client never stalls a room; the queue is
-bounded, and a client that lets it overflow is closed (1008) rather than buffering without limit.
+bounded in frames and in bytes (MAX_OUTBOUND_BYTES), and a client that lets it overflow is closed (1008,
+"too slow") rather than buffering without limit. A replay does not overflow it: it waits for room
+(`wait_for_room`) and so goes out at the pace the client reads.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections import deque
 from typing import TYPE_CHECKING
 
 import gevent
+from gevent.event import Event
 
 from .protocol import ConnectionState, TokenBucket, dispatch, encode
 from .websocket import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, ChatWebSocket
@@ -25,7 +29,7 @@ MAX_QUEUED_FRAMES = 2000
 
 class Connection(ConnectionState):
     __slots__ = ("hub", "ws", "_outbox", "_writer", "_reader", "_close_args", "closing", "messages_in",
-                 "messages_out")
+                 "messages_out", "queued_bytes", "_max_bytes", "_room")
 
     def __init__(self, hub: ChatHub, ws: ChatWebSocket, remote_addr: str) -> None:
         settings = hub.settings
@@ -45,6 +49,9 @@ class Connection(ConnectionState):
         self.closing = False
         self.messages_in = 0
         self.messages_out = 0
+        self.queued_bytes = 0  # memory of the frames in _outbox (sys.getsizeof: what the worker holds)
+        self._max_bytes = settings.max_outbound_bytes
+        self._room: Event | None = None  # set by the writer as frames go out, for wait_for_room
 
     def __hash__(self) -> int:
         return id(self)
@@ -69,13 +76,17 @@ class Connection(ConnectionState):
                 if self.ws.pending_tail:
                     self._writer = gevent.spawn(self._drain)
                 return True
+        size = sys.getsizeof(text)
         if outbox is None:
             outbox = self._outbox = deque()
-        elif len(outbox) >= MAX_QUEUED_FRAMES:
-            log.warning("client too slow, closing", extra={"connection_id": self.connection_id})
+        elif len(outbox) >= MAX_QUEUED_FRAMES or (outbox and self.queued_bytes + size > self._max_bytes):
+            # (One frame larger than the whole budget still goes when nothing else waits.)
+            log.warning("client too slow, closing", extra={"connection_id": self.connection_id,
+                                                           "queued_bytes": self.queued_bytes})
             self.close(CLOSE_POLICY, "too slow")
             return False
         outbox.append(text)
+        self.queued_bytes += size
         if self._writer is None:
             self._writer = gevent.spawn(self._drain)
         return True
@@ -88,17 +99,38 @@ class Connection(ConnectionState):
             self.ws.flush_tail()
             while self._outbox:
                 text = self._outbox.popleft()
+                self.queued_bytes -= sys.getsizeof(text)
                 self.ws.send_text(text)
                 self.messages_out += 1
                 self.hub.counters["messages_out"] += 1
+                if self._room is not None:
+                    self._room.set()
         except (TimeoutError, OSError, ConnectionError):
-            if self._outbox is not None:
-                self._outbox.clear()
+            self._discard_queue()
             self.closing = True
         finally:
             self._writer = None
             if not self._outbox:
                 self._outbox = None  # drained: no queue until a frame must wait again
+            if self._room is not None:
+                self._room.set()
+
+    def _discard_queue(self) -> None:
+        if self._outbox is not None:
+            self._outbox.clear()
+        self.queued_bytes = 0
+
+    def wait_for_room(self, queued_bytes: int) -> bool:
+        """Wait until at most `queued_bytes` are queued (0: everything queued so far is written); False when the
+        connection closes first, or after HEARTBEAT_TIMEOUT without a frame going out (closed 1008 then)."""
+        timeout = self.hub.settings.heartbeat_timeout
+        while not self.closing and self.queued_bytes > queued_bytes:
+            room = self._room = self._room or Event()
+            room.clear()
+            if not room.wait(timeout):
+                log.warning("client reads nothing, closing", extra={"connection_id": self.connection_id})
+                self.close(CLOSE_POLICY, "too slow")
+        return not self.closing
 
     def flush(self, timeout: float) -> None:
         """Wait until queued frames are written (or `timeout`)."""
@@ -115,6 +147,8 @@ class Connection(ConnectionState):
             return None
         self.closing = True
         self._close_args = (code, reason)
+        if self._room is not None:
+            self._room.set()  # a replay waiting for room gives up
         return gevent.spawn(self._close_from_outside, code, reason)
 
     def _close_from_outside(self, code: int, reason: str) -> None:
@@ -173,7 +207,6 @@ class Connection(ConnectionState):
                 self.closing = True
                 self.flush(2.0)
                 self.ws.close(*self._close_args)
-            if self._outbox is not None:
-                self._outbox.clear()
+            self._discard_queue()
             log.info("disconnected", extra={"connection_id": self.connection_id, "user_id": self.user_id,
                                             "remote_addr": self.remote_addr})

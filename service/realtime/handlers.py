@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from ..auth import id_is_missing, parse_id
 from ..errors import Problem, Refused
+from ..fields import client_message_id, id_is_missing, is_blank, message_content, parse_id
 from .protocol import ConnectionState, Handler, Reply, handler, require_identity, take_token
 from .recovery import join_with_replay, replay_after
 
@@ -90,27 +90,6 @@ def leave_session(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) 
     if session_id is None:
         raise Refused(Problem.NOT_IN_SESSION)
     return [{"type": "left_session", "session_id": session_id}]
-
-
-def message_content(value: Any, limit: int) -> str:
-    """Validated content: a non-blank string of at most `limit` characters."""
-    if not isinstance(value, str):
-        raise Refused(Problem.INVALID_CONTENT)
-    if len(value) > limit:
-        raise Refused(Problem.CONTENT_TOO_LONG)
-    return value
-
-
-def is_blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def client_message_id(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not 0 < len(value) <= 64:
-        raise Refused(Problem.INVALID_CLIENT_MSG_ID)
-    return value
 
 
 @handler("send_message")

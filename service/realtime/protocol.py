@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import Problem, Refused
+from ..fields import require_encodable
 from ..storage.queries import StorageError
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ def decode(text: str | bytes, max_depth: int = 16) -> dict[str, Any]:
         raise Refused(Problem.BAD_FORMAT) from None
     if not isinstance(message, dict) or not _depth(message, max_depth):
         raise Refused(Problem.BAD_FORMAT)
+    require_encodable(message, text)  # a lone surrogate escape: valid JSON, but no text to store or send
     return message
 
 
@@ -158,6 +160,10 @@ class ConnectionState:
 
     def close(self, code: int = 1000, reason: str = "") -> None:  # overridden by the socket edge
         pass
+
+    def wait_for_room(self, queued_bytes: int) -> bool:  # overridden by the socket edge
+        """Block until at most `queued_bytes` of frames wait to be written; False when the connection closed."""
+        return True
 
     def send_event(self, text: str, message_id: int | None = None) -> bool:
         """A frame for this connection's room (`message_id` for new_message): queued, or held during a replay.

@@ -265,6 +265,30 @@ class Storage:
         with self.connect() as conn:
             return [_message(r) for r in conn.execute(query).all()]
 
+    def list_message_ids(self, session_id: int, after_id: int, limit: int) -> list[int]:
+        """The ids `list_messages` would return, without the rows (a replay reads these first, then pages)."""
+        column = messages_table.c.id
+        query = (
+            select(column)
+            .where(and_(messages_table.c.session_id == session_id, column > after_id))
+            .order_by(column)
+            .limit(limit)
+        )
+        with self.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def messages_by_ids(self, session_id: int, ids: list[int]) -> list[MessageRecord]:
+        """The session's messages with these ids, oldest first (ids of other sessions are ignored)."""
+        if not ids:
+            return []
+        query = (
+            select(messages_table)
+            .where(and_(messages_table.c.session_id == session_id, messages_table.c.id.in_(ids)))
+            .order_by(messages_table.c.id)
+        )
+        with self.connect() as conn:
+            return [_message(r) for r in conn.execute(query).all()]
+
     def find_client_message(self, session_id: int, sender_id: int, client_msg_id: str) -> MessageRecord | None:
         with self.connect() as conn:
             row = conn.execute(

@@ -5,8 +5,11 @@ messages, sets first_response_at of sessions not yet answered (one UPDATE): repo
 
 A sender's greenlet submits its message and waits for the stored record, so one sender never has two
 messages in flight and its order is kept. Writers drain the queue in FIFO order, store up to WRITER_BATCH
-rows in one transaction and hand each sender its id. When a batch breaks a constraint (a duplicate
-client_msg_id), its rows are retried one by one so one bad row costs nobody else their message.
+rows in one transaction and hand each sender its id. When the database refuses a batch because of a row (a
+duplicate client_msg_id, a value it cannot store, one the driver cannot even send), nothing of it was stored:
+it is written again in halves until the refused row is alone, so one bad row costs nobody else their message.
+A batch whose outcome is unknown (the connection died in flight, maybe after the COMMIT) is never written
+again: its senders hear it failed.
 
 Each writer keeps a connection of its own: a batch costs the INSERT, the upsert and the COMMIT round trips
 and nothing else (a pooled connection adds a ping at checkout and a ROLLBACK at checkin, as many round trips
@@ -29,7 +32,7 @@ from gevent.event import AsyncResult
 from gevent.queue import Empty, Queue
 from sqlalchemy import Connection, and_, case, insert, update
 from sqlalchemy.dialects import mysql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from .models import message_hourly_table, messages_table, sessions_table
 from .queries import Storage, StorageError
@@ -43,6 +46,11 @@ IDLE_PING_SECONDS = 1.0  # a writer's connection idle longer than this is pinged
 ROWS_PER_STATEMENT = 500  # bound parameters per INSERT stay under SQLite's limit (6 per row)
 BATCH_ATTEMPTS = 3  # a batch the database rolled back by itself (deadlock, lock wait timeout) is written again
 ROLLED_BACK_ERRORS = (1213, 1205)  # MySQL: deadlock found, lock wait timeout exceeded
+# MySQL server errors that do not say the statement was refused: shutdown, query or connection killed
+# (a COMMIT interrupted so may have been applied). Client errors (2000-2999: connection lost) neither.
+UNCERTAIN_ERRORS = (1053, 1317, 1927, 4031)
+# What a driver raises when it cannot turn a value into SQL (a lone surrogate has no UTF-8): before sending.
+UNSENDABLE = (UnicodeError, ValueError, TypeError, OverflowError)
 MESSAGE_COLUMNS = ("session_id", "sender_id", "sender_role", "content", "client_msg_id", "created_at")
 
 
@@ -192,16 +200,22 @@ class OneTripBatch:
                     if n < chunks:
                         ids_out += sorted(row[0] for row in cursor.fetchall())
             except self.dbapi_error as exc:
-                try:
-                    dbapi_connection.rollback()
-                except self.dbapi_error:
-                    pass  # the connection is gone; the caller drops it
+                self._rollback(dbapi_connection)
                 raise DBAPIError.instance(query, params, exc, self.dbapi_error) from exc
+            except UNSENDABLE:  # the driver could not build the query: nothing was sent
+                self._rollback(dbapi_connection)
+                raise
         finally:
             cursor.close()
         if len(ids_out) != len(messages):
             raise StorageError(f"INSERT returned {len(ids_out)} ids for {len(messages)} rows")
         return ids_out
+
+    def _rollback(self, dbapi_connection) -> None:
+        try:
+            dbapi_connection.rollback()
+        except self.dbapi_error:
+            pass  # the connection is gone; the caller drops it
 
     @staticmethod
     def available(dbapi_connection) -> bool:
@@ -211,6 +225,23 @@ class OneTripBatch:
         flags = getattr(dbapi_connection, "client_flag", 0)
         server = getattr(dbapi_connection, "server_version", "") or ""
         return bool(flags & CLIENT.MULTI_STATEMENTS) and "MariaDB" in server
+
+
+def refused_by_database(exc: SQLAlchemyError) -> bool:
+    """The database refused a statement and said so (nothing of the transaction is committed, the connection
+    is fine): a constraint or a value it cannot store; on MySQL any server error but the uncertain ones.
+
+    An OperationalError of SQLite (locked, disk I/O) is about the database, not a row: not refused."""
+    code = getattr(getattr(exc, "orig", None), "args", (None,))[0]
+    if isinstance(code, int):  # MySQL/MariaDB: the server's error number
+        return code >= 1000 and not 2000 <= code < 3000 and code not in UNCERTAIN_ERRORS
+    return isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError)
+
+
+class BatchRefused(StorageError):
+    """The database refused a statement of the batch, or the driver could not send one of its values: the
+    transaction is rolled back, nothing of it is stored, and the connection is fine. One row is the likely
+    cause, so the batch is written again in halves (see MessageWriter._write)."""
 
 
 class RolledBack(StorageError):
@@ -265,9 +296,13 @@ class WriterConnection:
             code = getattr(getattr(exc, "orig", None), "args", (None,))[0]
             if code in ROLLED_BACK_ERRORS:
                 raise RolledBack(exc.__class__.__name__) from exc  # the connection is fine
+            if refused_by_database(exc):
+                raise BatchRefused(exc.__class__.__name__) from exc  # rolled back; the connection is fine
             log.warning("database error: %s", exc.__class__.__name__)
             self.drop()
             raise StorageError(exc.__class__.__name__) from exc
+        except UNSENDABLE as exc:  # raised while binding, before the statement was sent; rolled back
+            raise BatchRefused(exc.__class__.__name__) from exc
         except BaseException:
             self.drop()  # killed or failed mid-statement: the connection's state is unknown
             raise
@@ -422,18 +457,16 @@ class MessageWriter:
                     if attempt == BATCH_ATTEMPTS:
                         raise
                     log.info("batch rolled back by the database (deadlock); writing it again")
-        except IntegrityError as exc:
+        except (IntegrityError, BatchRefused) as exc:
             if len(batch) == 1:
                 self._fail(batch[0], exc)
                 return
-            # One row broke a constraint (a repeated client_msg_id): store the others one by one.
-            for pending in batch:
-                try:
-                    (message_id,) = self._insert(link, [pending.message])
-                except (IntegrityError, StorageError) as row_exc:
-                    self._fail(pending, row_exc)
-                else:
-                    pending.result.set(pending.message.stored(message_id))
+            # A row was refused (a repeated client_msg_id, a value the database or the driver cannot take) and
+            # nothing was stored: write the halves again, first half first (FIFO), until the row is alone. A
+            # sender has one message in flight, so its order is kept; each half does its own bookkeeping.
+            middle = len(batch) // 2
+            self._write(link, batch[:middle])
+            self._write(link, batch[middle:])
             return
         except StorageError as exc:
             # Not stored (the database is down or refused the batch): each sender hears so and may resend.
@@ -457,8 +490,11 @@ class MessageWriter:
             if original is not None:
                 pending.result.set_exception(DuplicateMessage(original))
                 return
+        if isinstance(exc, BatchRefused | IntegrityError):
+            # Expected for a bad row: one line, no traceback; its neighbours were stored without it.
+            reason = str(exc) if isinstance(exc, BatchRefused) else type(exc).__name__  # never the SQL or values
+            log.warning("message refused by the database: %s", reason, extra={"session_id": pending.message.session_id})
         if not isinstance(exc, StorageError):
-            log.warning("message not stored: %s", type(exc).__name__)
             exc = StorageError(type(exc).__name__)
         pending.result.set_exception(exc)
 
