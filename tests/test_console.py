@@ -8,6 +8,7 @@ when the server offers it and are skipped only while `GET /api/queue` answers 40
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from jwtkit import JWT_SETTINGS, hs256
+from playwright.sync_api import Browser, BrowserContext, Page, WebSocketRoute, expect, sync_playwright
 
 from support import IN_CI, ROOT, Client, Server, fresh_id
 
@@ -67,13 +69,15 @@ def pages(browser: Browser) -> Iterator[Callable[..., Page]]:
     contexts: list[BrowserContext] = []
     problems: list[str] = []
 
-    def open_page(url: str, viewport: dict[str, int] | None = None) -> Page:
+    def open_page(url: str, viewport: dict[str, int] | None = None, setup: Callable[[Page], Any] | None = None) -> Page:
         context = browser.new_context(viewport=viewport or DESKTOP)
         contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda exc: problems.append(f"{url}: page error {exc}"))
         page.on("console", lambda msg: problems.append(f"{url}: {msg.text}")
                 if msg.type == "error" and ("Content Security Policy" in msg.text or "Uncaught" in msg.text) else None)
+        if setup is not None:
+            setup(page)
         page.goto(url)
         return page
 
@@ -92,8 +96,9 @@ def sign_in_agent(open_page: Callable[..., Page], server: Server, user_id: int, 
     return page
 
 
-def open_customer(open_page: Callable[..., Page], server: Server, user_id: int, query: str = "") -> tuple[Page, int]:
-    page = open_page(f"{server.http_url}/chat/{query}")
+def open_customer(open_page: Callable[..., Page], server: Server, user_id: int, query: str = "",
+                  setup: Callable[[Page], Any] | None = None) -> tuple[Page, int]:
+    page = open_page(f"{server.http_url}/chat/{query}", setup=setup)
     page.fill("#start-user", str(user_id))
     page.click("#start-form button[type=submit]")
     expect(page.locator("#conversation")).to_be_visible()
@@ -169,7 +174,8 @@ def test_customer_and_agent_chat_both_ways(pages, chat_server: Server, agent_id:
     expect_bodies(console, ["你好，我的订单还没有发货", "您好，请提供订单号", "订单号 20261203-0042"])
     expect(console.locator(f'#mine-list button[data-session-id="{session_id}"]')).to_be_visible()
     send(console, "查到了，今天下午发货 📦")
-    expect_bodies(chat, ["你好，我的订单还没有发货", "您好，请提供订单号", "订单号 20261203-0042", "查到了，今天下午发货 📦"])
+    expect_bodies(chat, ["你好，我的订单还没有发货", "您好，请提供订单号", "订单号 20261203-0042",
+                         "查到了，今天下午发货 📦"])
     expect(chat.locator(".log .msg.mine .receipt").last).to_have_text("已读")  # the console read it
     screenshot(console, "console-agent.png", tmp_path)
     screenshot(chat, "console-customer.png", tmp_path)
@@ -253,28 +259,47 @@ def test_reload_and_server_restart_show_every_message_once_in_order(
     assert shown_ids(console) == shown_ids(chat) == [m["id"] for m in body["messages"]]
 
 
-def test_a_failed_send_is_retried_with_the_same_client_msg_id(pages, chat_server: Server, agent_id: int) -> None:
-    """A send refused by the server shows as failed; Retry sends it again with the same client_msg_id."""
+def test_a_send_whose_answer_is_lost_fails_and_is_retried_with_the_same_client_msg_id(
+        pages, chat_server: Server, agent_id: int) -> None:
+    """The server stores a send but its answer is lost: the page shows it failed; Retry resends the same
+    client_msg_id and the page shows the one stored message (the server answers the repeat as a duplicate)."""
+    sent: list[dict[str, Any]] = []
+    dropped: list[dict[str, Any]] = []
+
+    def lossy(route: WebSocketRoute) -> None:
+        """Between the page and the server: forward everything but the first answer to our message."""
+        server = route.connect_to_server()
+
+        def upstream(text: str | bytes) -> None:
+            frame = json.loads(text)
+            if frame.get("type") == "send_message":
+                sent.append(frame)
+            server.send(text)
+
+        def downstream(text: str | bytes) -> None:
+            frame = json.loads(text)
+            if frame.get("type") == "new_message" and frame["message"]["content"] == "会丢的回答" and not dropped:
+                dropped.append(frame)
+                return
+            route.send(text)
+
+        route.on_message(upstream)
+        server.on_message(downstream)
+
     customer = fresh_id()
-    chat, session_id = open_customer(pages, chat_server, customer)
-    too_long = "长" * 5001
-    chat.evaluate("document.querySelector('#composer-input').removeAttribute('maxlength')")
-    send(chat, too_long)
+    chat, session_id = open_customer(pages, chat_server, customer,
+                                     setup=lambda page: page.route_web_socket(re.compile(".*"), lossy))
+    send(chat, "会丢的回答")
     failed = chat.locator(".pending .msg[data-state=failed]")
     expect(failed).to_have_count(1)
-    expect(failed.locator(".state-text")).to_contain_text("消息内容过长")
-    cid = failed.get_attribute("data-cid")
-    # The same client_msg_id stored from elsewhere (e.g. the first attempt got through after all): the retry
-    # then resolves to that one message instead of storing a second.
-    status, stored = chat_server.http("POST", f"/api/sessions/{session_id}/messages",
-                                      {"content": "重试的消息", "client_msg_id": cid},
-                                      headers={"X-User-Id": str(customer)})
-    assert status == 201, stored
+    expect(failed.locator(".state-text")).to_have_text("发送失败")
     failed.locator(".retry").click()
-    expect(chat.locator(".pending .msg")).to_have_count(0)
-    expect_bodies(chat, ["重试的消息"])
+    expect_bodies(chat, ["会丢的回答"])
+    assert len(sent) == 2 and sent[0]["client_msg_id"] == sent[1]["client_msg_id"], sent
     _, history = chat_server.http("GET", f"/api/sessions/{session_id}/messages", headers={"X-User-Id": str(customer)})
-    assert [m["client_msg_id"] for m in history["messages"]] == [cid]
+    stored = [(m["content"], m["client_msg_id"]) for m in history["messages"]]
+    assert stored == [("会丢的回答", sent[0]["client_msg_id"])]
+    assert shown_ids(chat) == [dropped[0]["message"]["id"]]
 
 
 def test_scroll_back_loads_earlier_history_page_by_page(pages, chat_server: Server, agent_id: int) -> None:
@@ -395,15 +420,55 @@ def test_agent_closes_the_session_and_the_customer_sees_it(pages, chat_server: S
     assert chat_server.open_session(customer) != session_id
 
 
-def test_pages_are_served_with_a_same_origin_policy(pages, chat_server: Server) -> None:
-    """Every page and file has the CSP; an inline script injected into the page is blocked by it."""
-    page = pages(f"{chat_server.http_url}/chat/")
+def test_an_inline_script_injected_into_the_page_is_blocked_by_its_policy(
+        browser: Browser, chat_server: Server) -> None:
+    """Even markup that got into the page could not run a script: the CSP allows only the service's files."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{chat_server.http_url}/chat/")
     blocked = page.evaluate("""() => new Promise(resolve => {
         document.addEventListener('securitypolicyviolation', e => resolve(e.violatedDirective), {once: true});
         const s = document.createElement('script'); s.textContent = 'window.__inline = 1'; document.body.append(s);
         setTimeout(() => resolve(window.__inline ? 'ran' : 'none'), 2000);
     })""")
+    context.close()
     assert blocked.startswith("script-src"), blocked
+
+
+def test_jwt_tokens_handed_in_the_fragment_sign_in_and_never_reach_the_server_log(
+        pages, server_factory: Callable[..., Server], mariadb_url: str) -> None:
+    """AUTH_MODE=jwt: tokens in the URL fragment sign both pages in, leave the address bar, and are in no log line."""
+    server = server_factory(database_url=mariadb_url, **JWT_SETTINGS)
+    agent, customer = fresh_id(), fresh_id()
+    agent_token, customer_token = hs256(agent, role="agent"), hs256(customer)
+    chat = pages(f"{server.http_url}/chat/#token={customer_token}")
+    expect(chat.locator("#conversation")).to_be_visible()
+    expect(chat.locator("#trust-warning")).to_be_hidden()
+    assert chat.url == f"{server.http_url}/chat/"
+    send(chat, "令牌登录的客户")
+    expect_bodies(chat, ["令牌登录的客户"])
+    status, listed = server.http("GET", "/api/sessions", headers={"Authorization": f"Bearer {customer_token}"})
+    session_id = listed["sessions"][0]["id"]
+
+    console = pages(f"{server.http_url}/console/#token={agent_token}")
+    expect(console.locator("#workspace")).to_be_visible()
+    assert console.url == f"{server.http_url}/console/"
+    expect(console.locator("#me-label")).to_have_text(f"坐席 #{agent}")
+    expect(console.locator(f'button.session[data-session-id="{session_id}"]')).to_be_visible()
+    open_in_console(console, session_id)
+    send(console, "令牌登录的坐席")
+    expect_bodies(chat, ["令牌登录的客户", "令牌登录的坐席"])
+    console.reload()  # the token stays in the tab (sessionStorage), not in the address
+    expect_bodies(console, ["令牌登录的客户", "令牌登录的坐席"])
+
+    refused = pages(f"{server.http_url}/console/#token={customer_token}")  # a customer's token: no agent views
+    expect(refused.locator("#signin-error")).to_have_text("该用户不是客服坐席，不能使用坐席工作台。")
+    expect(refused.locator("#workspace")).to_be_hidden()
+
+    log = server.log_path.read_text(errors="replace")  # the whole log, not its tail
+    assert "GET /console/ HTTP/1.1" in log and "GET /chat/ HTTP/1.1" in log
+    for token in (agent_token, customer_token):
+        assert token not in log and token.split(".")[2] not in log
 
 
 # -- the agent desk (claim, transfer, status, queue): run once the server offers it --------------------------------
