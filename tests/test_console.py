@@ -103,6 +103,7 @@ def open_customer(open_page: Callable[..., Page], server: Server, user_id: int, 
     page.click("#start-form button[type=submit]")
     expect(page.locator("#conversation")).to_be_visible()
     expect(page.locator("#chat-status")).not_to_be_empty()
+    expect(page.locator("#composer-input")).to_be_enabled()  # the session is open
     return page, server.open_session(user_id)  # the customer's open session: the one the page opened
 
 
@@ -445,6 +446,7 @@ def test_jwt_tokens_handed_in_the_fragment_sign_in_and_never_reach_the_server_lo
     expect(chat.locator("#conversation")).to_be_visible()
     expect(chat.locator("#trust-warning")).to_be_hidden()
     assert chat.url == f"{server.http_url}/chat/"
+    expect(chat.locator("#composer-input")).to_be_enabled()
     send(chat, "令牌登录的客户")
     expect_bodies(chat, ["令牌登录的客户"])
     status, listed = server.http("GET", "/api/sessions", headers={"Authorization": f"Bearer {customer_token}"})

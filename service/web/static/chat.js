@@ -80,7 +80,9 @@
     $("start-form").hidden = true;
     $("conversation").hidden = false;
     state.socket = new Socket(auth, {
-      onReady: () => { if (state.session) state.conversation.join(); },
+      // The session is opened once the socket is authenticated, so that the first queue_position (sent to
+      // the customer's connections when the session enters the queue) finds this page connected.
+      onReady: () => { if (state.session) state.conversation.join(); else if (!state.opening) openSession(); },
       onFrame,
       onState: (s) => {
         $("banner").hidden = s !== "offline";
@@ -94,11 +96,15 @@
       labelFor: (id) => (id === state.me ? t("you") : `${baseT("agent")} #${id}`),
     });
     state.socket.start();
-    openSession();
   }
 
   /* The customer's open session, or a new one (the server answers 200 or 201). */
   async function openSession() {
+    state.opening = true;
+    try { await openAndShow(); } finally { state.opening = false; }
+  }
+
+  async function openAndShow() {
     const body = state.auth.token ? {} : { user_id: Number(state.auth.userId) };
     const { status: code, body: session } = await api(state.auth, "POST", "/api/sessions", body);
     if (code !== 200 && code !== 201) {
