@@ -178,6 +178,7 @@ def test_customer_and_agent_chat_both_ways(pages, chat_server: Server, agent_id:
     expect_bodies(chat, ["你好，我的订单还没有发货", "您好，请提供订单号", "订单号 20261203-0042",
                          "查到了，今天下午发货"])
     expect(chat.locator(".log .msg.mine .receipt").last).to_have_text("已读")  # the console read it
+    assert console.evaluate("document.documentElement.scrollWidth") <= DESKTOP["width"]
     screenshot(console, "console-agent.png", tmp_path)
     screenshot(chat, "console-customer.png", tmp_path)
 
@@ -388,6 +389,10 @@ def test_console_works_at_phone_width_and_by_keyboard(pages, chat_server: Server
     expect(item).to_be_visible()
     expect(console.locator("#conversation")).to_be_hidden()
     item.focus()
+    with console.expect_response(lambda r: "/api/sessions?status=active" in r.url):
+        pass  # the lists refresh under the keyboard user: the focus stays on the same session
+    focused = console.evaluate("document.activeElement.dataset.sessionId")
+    assert focused == str(session_id)
     console.keyboard.press("Enter")
     expect(console.locator("#conversation")).to_be_visible()
     expect(console.locator(".lists")).to_be_hidden()

@@ -214,6 +214,7 @@
       this.messages = new Map();          // id -> {message, node, receivedAt}
       this.pending = new Map();           // client_msg_id -> {content, node, state, timer}
       this.othersRead = 0; this.readSent = 0; this.joined = false; this.closed = false;
+      clearTimeout(this.readTimer); this.readTimer = null;
       this.oldest = null; this.hasEarlier = false; this.loadingEarlier = false;
       this.typingUsers = new Map(); this.typingSince = 0; this.typingStop = null;
       if (this.log) { this.log.replaceChildren(); this.pendingList.replaceChildren(); }
@@ -356,9 +357,15 @@
       }
     }
 
-    /* Tell the others we have read up to the newest message someone else sent, while the page is visible. */
+    /* Tell the others we have read up to the newest message someone else sent, while the page is visible;
+       coalesced, so that a page of history or a burst of messages costs one `read`. */
     markRead() {
-      if (!this.sendsRead || document.visibilityState !== "visible" || this.sessionId === null) return;
+      if (!this.sendsRead || this.readTimer) return;
+      this.readTimer = setTimeout(() => { this.readTimer = null; this.sendRead(); }, 250);
+    }
+
+    sendRead() {
+      if (document.visibilityState !== "visible" || this.sessionId === null) return;
       let newest = 0;
       for (const [id, entry] of this.messages) if (id > newest && Number(entry.message.sender_id) !== this.me) newest = id;
       if (newest > this.readSent && this.socket.send({ type: "read", session_id: this.sessionId, message_id: newest })) {

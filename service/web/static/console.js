@@ -259,12 +259,28 @@
         unread ? el("span", { className: "badge", "aria-label": `${unread} ${t("unread")}`, text: unread }) : null));
   }
 
+  /* Rebuild a list only when what it shows changed, and keep the keyboard focus on the same session. */
+  function fill(list, items, build) {
+    const signature = JSON.stringify([state.current, items.map((i) => [i.id, i.user_id, unreadOf(i.id)])]);
+    if (list.dataset.signature === signature) return;
+    list.dataset.signature = signature;
+    const focused = document.activeElement && list.contains(document.activeElement)
+      ? document.activeElement.dataset.sessionId : null;
+    list.replaceChildren(...items.map(build));
+    if (focused) {
+      const again = list.querySelector(`[data-session-id="${focused}"]`);
+      if (again) again.focus();
+    }
+  }
+
   function renderLists() {
-    const queue = state.queue.filter((q) => state.sessions.has(Number(q.session_id)) || state.desk);
-    $("queue-list").replaceChildren(...queue.map((q) => sessionButton(Number(q.session_id), q.user_id,
-      el("span", { className: "waiting", "data-waiting": q.session_id, text: waitingText(q) }))));
-    const mine = [...state.sessions.values()].filter((s) => Number(s.agent_id) === state.me);
-    $("mine-list").replaceChildren(...mine.map((s) => sessionButton(Number(s.id), s.user_id, null)));
+    const queue = state.queue.filter((q) => state.sessions.has(Number(q.session_id)) || state.desk)
+      .map((q) => Object.assign({ id: Number(q.session_id) }, q));
+    fill($("queue-list"), queue, (q) => sessionButton(q.id, q.user_id,
+      el("span", { className: "waiting", "data-waiting": q.id, text: waitingText(q) })));
+    const mine = [...state.sessions.values()].filter((s) => Number(s.agent_id) === state.me)
+      .map((s) => Object.assign({}, s, { id: Number(s.id) }));
+    fill($("mine-list"), mine, (s) => sessionButton(s.id, s.user_id, null));
     $("queue-count").textContent = queue.length;
     $("mine-count").textContent = mine.length;
     $("queue-empty").hidden = queue.length > 0;
