@@ -468,6 +468,12 @@ def test_jwt_tokens_handed_in_the_fragment_sign_in_and_never_reach_the_server_lo
     console.reload()  # the token stays in the tab (sessionStorage), not in the address
     expect_bodies(console, ["令牌登录的客户", "令牌登录的坐席"])
 
+    pasted = pages(f"{server.http_url}/console/?lang=en")  # or pasted into the sign-in form
+    pasted.fill("#signin-token", agent_token)
+    pasted.click("#signin-form button[type=submit]")
+    expect(pasted.locator("#workspace")).to_be_visible()
+    expect(pasted.locator("#me-label")).to_have_text(f"Agent #{agent}")
+
     refused = pages(f"{server.http_url}/console/#token={customer_token}")  # a customer's token: no agent views
     expect(refused.locator("#signin-error")).to_have_text("该用户不是客服坐席，不能使用坐席工作台。")
     expect(refused.locator("#workspace")).to_be_hidden()
