@@ -88,8 +88,8 @@ def pages(browser: Browser) -> Iterator[Callable[..., Page]]:
 
 
 def sign_in_agent(open_page: Callable[..., Page], server: Server, user_id: int, query: str = "",
-                  viewport: dict[str, int] | None = None) -> Page:
-    page = open_page(f"{server.http_url}/console/{query}", viewport)
+                  viewport: dict[str, int] | None = None, setup: Callable[[Page], Any] | None = None) -> Page:
+    page = open_page(f"{server.http_url}/console/{query}", viewport, setup)
     page.fill("#signin-user", str(user_id))
     page.press("#signin-user", "Enter")
     expect(page.locator("#workspace")).to_be_visible()
@@ -259,6 +259,46 @@ def test_reload_and_server_restart_show_every_message_once_in_order(
                                     headers={"X-User-Id": str(agent_id)})
     assert [m["content"] for m in body["messages"]] == expected
     assert shown_ids(console) == shown_ids(chat) == [m["id"] for m in body["messages"]]
+
+
+def test_a_network_drop_replays_what_was_missed_once(pages, chat_server: Server, agent_id: int) -> None:
+    """The console's connection drops and stays down while the customer writes: once it is back, the missed
+    messages appear (replay from last_message_id), each once, in order; the agent's own unsent message goes out."""
+    network = {"up": True}
+    links: list[tuple[WebSocketRoute, WebSocketRoute]] = []
+
+    def link(route: WebSocketRoute) -> None:
+        if not network["up"]:
+            route.close(code=4000, reason="network down")
+            return
+        links.append((route, route.connect_to_server()))
+
+    customer = fresh_id()
+    chat, session_id = open_customer(pages, chat_server, customer)
+    send(chat, "断网前")
+    console = sign_in_agent(pages, chat_server, agent_id,
+                            setup=lambda page: page.route_web_socket(re.compile(".*"), link))
+    expect(console.locator(f'button.session[data-session-id="{session_id}"]')).to_be_visible()
+    open_in_console(console, session_id)
+    expect_bodies(console, ["断网前"])
+
+    network["up"] = False
+    for page_side, server_side in links:
+        page_side.close(code=4000, reason="network down")
+        server_side.close()
+    expect(console.locator("#banner")).to_be_visible()
+    expected = ["断网前"]
+    for i in range(3):
+        send(chat, f"断网时 {i}")
+        expected.append(f"断网时 {i}")
+    expect_bodies(chat, expected)
+    send(console, "坐席断网时写的")
+    expect(console.locator(".pending .msg .state-text")).to_have_text("发送中…")
+    network["up"] = True
+    expected.append("坐席断网时写的")
+    expect(console.locator("#banner")).to_be_hidden()
+    expect_bodies(console, expected)
+    expect_bodies(chat, expected)
 
 
 def test_a_send_whose_answer_is_lost_fails_and_is_retried_with_the_same_client_msg_id(
