@@ -8,6 +8,7 @@ cannot run a script or load anything from elsewhere.
 
 from __future__ import annotations
 
+import os
 import re
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_from_directory
@@ -15,8 +16,8 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_from_
 from ..errors import Problem, Refused
 from ..storage import StorageError
 
-STATIC = "static"
 bp = Blueprint("web", __name__, static_folder=None)
+STATIC = os.path.join(bp.root_path, "static")
 
 # A Host header that could only be a host name, IPv4/IPv6 address and port: anything else (a header injected
 # by a broken proxy) must not reach the policy text, so the policy then names no WebSocket origin at all.
@@ -44,7 +45,7 @@ def _secure(response: Response) -> Response:
 
 
 def _static(name: str) -> Response:
-    return _secure(send_from_directory(bp.root_path + "/" + STATIC, name, max_age=0))
+    return _secure(send_from_directory(STATIC, name, max_age=0))
 
 
 @bp.get("/console/")

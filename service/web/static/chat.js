@@ -11,11 +11,13 @@
       title: "在线客服", start: "开始咨询", again: "开始新的咨询", history: "历史消息", messages: "消息列表",
       queued: "排队中，您前面还有 {n} 位", queuedFirst: "排队中，下一位就是您", waitingAgent: "正在为您接入客服…",
       assigned: "客服 #{a} 为您服务", connected: "已连接", you: "客户",
+      idleWarning: "长时间没有消息，会话将在 {n} 秒后自动结束",
     },
     en: {
       title: "Customer service", start: "Start chatting", again: "Start a new conversation", history: "History",
       messages: "Messages", queued: "You are number {p} in the queue", queuedFirst: "You are next in the queue",
       waitingAgent: "Connecting you to an agent…", assigned: "Agent #{a} is helping you", connected: "Connected", you: "Customer",
+      idleWarning: "No messages for a while: this conversation closes in {n} s",
     },
   };
   const t = (key, vars) => {
@@ -142,6 +144,9 @@
           state.session.agent_id = frame.message.sender_id;
           status(t("assigned", { a: frame.message.sender_id }));
         }
+        break;
+      case "session_idle_warning":
+        status(t("idleWarning", { n: frame.closes_in }));
         break;
       case "session_closed":
         status(baseT("sessionClosed"));

@@ -215,11 +215,17 @@
 
   /* The lists: GET /api/sessions (with unread counts) and, with the desk, GET /api/queue. */
   async function refresh() {
-    if (!state.auth) return;
-    const [sessions, queue] = await Promise.all([
-      api(state.auth, "GET", "/api/sessions?status=active&limit=500"),
-      api(state.auth, "GET", "/api/queue"),
-    ]);
+    if (!state.auth || state.refreshing) return;  // one refresh at a time, however slow the server is
+    state.refreshing = true;
+    let sessions, queue;
+    try {
+      [sessions, queue] = await Promise.all([
+        api(state.auth, "GET", "/api/sessions?status=active&limit=500"),
+        api(state.auth, "GET", "/api/queue"),
+      ]);
+    } finally {
+      state.refreshing = false;
+    }
     if (sessions.status === 200) {
       state.sessions = new Map(sessions.body.sessions.map((s) => [Number(s.id), s]));
     }
