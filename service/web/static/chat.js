@@ -107,7 +107,7 @@
   }
 
   async function openAndShow() {
-    const body = state.auth.token ? {} : { user_id: Number(state.auth.userId) };
+    const body = state.auth.token ? {} : { user_id: String(state.auth.userId) };
     const { status: code, body: session } = await api(state.auth, "POST", "/api/sessions", body);
     if (code !== 200 && code !== 201) {
       status(baseT("error") + (session && session.error || code));

@@ -117,7 +117,8 @@
   }
 
   function authFrame(auth) {
-    return auth.token ? { type: "auth", token: auth.token } : { type: "auth", user_id: Number(auth.userId) };
+    // Ids as strings of digits (the protocol takes both): a JS number is exact only up to 2**53.
+    return auth.token ? { type: "auth", token: auth.token } : { type: "auth", user_id: String(auth.userId) };
   }
 
   const AUTH_ERRORS = new Set(["auth_failed", "unauthenticated", "missing_user_id", "invalid_user_id"]);
@@ -213,7 +214,7 @@
     reset() {
       this.messages = new Map();          // id -> {message, node, receivedAt}
       this.pending = new Map();           // client_msg_id -> {content, node, state, timer}
-      this.othersRead = 0; this.readSent = 0; this.joined = false; this.closed = false;
+      this.othersRead = 0; this.readSent = 0; this.joined = false; this.closed = false; this.loaded = false;
       clearTimeout(this.readTimer); this.readTimer = null;
       this.oldest = null; this.hasEarlier = false; this.loadingEarlier = false;
       this.typingUsers = new Map(); this.typingSince = 0; this.typingStop = null;
@@ -247,13 +248,14 @@
         this.earlier.hidden = !this.hasEarlier;
         this.scrollToEnd();
       }
+      this.loaded = true;
       this.join();
     }
 
     /* Join (or rejoin after a reconnect) with replay from a cursor that cannot skip a message: the newest
        one received at least a few seconds ago (ids are allocated before commit; see the README). */
     join() {
-      if (this.sessionId === null || this.closed) return;
+      if (this.sessionId === null || this.closed || !this.loaded) return;  // open() joins once history is in
       const cutoff = Date.now() - CURSOR_SAFETY_MS;
       let cursor = 0, oldest = null;
       for (const [id, entry] of this.messages) {
