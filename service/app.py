@@ -19,6 +19,7 @@ from .realtime.fanout import Fanout
 from .realtime.hub import ChatHub, make_node_id
 from .realtime.registry import Registry
 from .storage import MessageWriter, init_storage
+from .web import bp as web_bp
 
 log = logging.getLogger(__name__)
 
@@ -63,4 +64,5 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     init_realtime(app, hub)
     init_api(app)
     init_ops(app)
+    app.register_blueprint(web_bp)  # /console/, /chat/ and their files
     return app

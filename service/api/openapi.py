@@ -105,10 +105,12 @@ SPEC: dict[str, Any] = {
         },
         "/api/sessions/{session_id}/messages": {
             "get": {
-                "summary": "Messages oldest first, after a cursor",
+                "summary": "Messages oldest first, after a cursor (or the newest before one: before_id)",
                 "parameters": [
                     SESSION_ID_PARAM,
                     {"name": "after_id", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}},
+                    {"name": "before_id", "in": "query", "schema": ID,
+                     "description": "Scroll back: the `limit` newest messages with id < before_id, oldest first"},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                 ],
                 "responses": {"200": {"description": "Messages", "content": _json("MessageList")}, **ERRORS},

@@ -108,7 +108,11 @@ def list_messages(raw_id: str):
     session = hub().authorize(identity, session_id_of(raw_id), need_open=False)
     after_id = int_arg("after_id", 0, 0, 2**63 - 1)
     limit = int_arg("limit", 50, 1, 500)
-    messages = storage_call(hub().storage.list_messages, session.id, after_id, limit)
+    before_id = int_arg("before_id", 0, 1, 2**63 - 1) if "before_id" in request.args else None
+    if before_id is not None:  # scrolling back: the newest `limit` before the cursor, still oldest first
+        messages = storage_call(hub().storage.list_messages_before, session.id, before_id, after_id, limit)
+    else:
+        messages = storage_call(hub().storage.list_messages, session.id, after_id, limit)
     return jsonify({"messages": [m.to_wire() for m in messages]})
 
 

@@ -289,6 +289,24 @@ class Storage:
         with self.connect() as conn:
             return [_message(r) for r in conn.execute(query).all()]
 
+    def list_messages_before(self, session_id: int, before_id: int, after_id: int = 0,
+                             limit: int = 50) -> list[MessageRecord]:
+        """The `limit` newest messages with after_id < id < before_id, oldest first (scrolling back)."""
+        query = (
+            select(messages_table)
+            .where(
+                and_(
+                    messages_table.c.session_id == session_id,
+                    messages_table.c.id > after_id,
+                    messages_table.c.id < before_id,
+                )
+            )
+            .order_by(messages_table.c.id.desc())
+            .limit(limit)
+        )
+        with self.connect() as conn:
+            return [_message(r) for r in reversed(conn.execute(query).all())]
+
     def find_client_message(self, session_id: int, sender_id: int, client_msg_id: str) -> MessageRecord | None:
         with self.connect() as conn:
             row = conn.execute(
