@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import Problem, Refused
 from ..storage import StorageError
+from .agents import bp as agents_bp
 from .openapi import bp as openapi_bp
 from .reports import bp as reports_bp
 from .sessions import bp as sessions_bp
@@ -26,6 +27,7 @@ def init_api(app: Flask) -> None:
     app.register_blueprint(sessions_bp, url_prefix="/api")
     app.register_blueprint(openapi_bp, url_prefix="/api")
     app.register_blueprint(reports_bp, url_prefix="/api")
+    app.register_blueprint(agents_bp, url_prefix="/api")
 
     @app.errorhandler(Refused)
     def refused(exc: Refused):
