@@ -25,12 +25,18 @@ def agent() -> None:
 @agent.command("add")
 @click.argument("user_id")
 @click.option("--name", "display_name", help="Display name shown to reporting.")
+@click.option("--capacity", type=click.IntRange(0, 10_000), default=None,
+              help="Open sessions the agent carries at most (default: AGENT_CAPACITY).")
 @pass_context
-def add(ctx: Context, user_id: str, display_name: str | None) -> None:
+def add(ctx: Context, user_id: str, display_name: str | None, capacity: int | None) -> None:
     """Make USER_ID an agent (may join and answer every session)."""
     uid = _user_id(user_id)
     try:
         record, created = ctx.storage.add_agent(uid, display_name)
+        if capacity is not None:
+            from ..storage.desk import DeskStorage
+
+            DeskStorage(ctx.storage, ctx.settings.agent_capacity).set_capacity(uid, capacity)
     except StorageError as exc:
         raise click.ClickException(f"database unavailable: {exc}") from None
     click.echo(f"{'added' if created else 'updated'} agent {record.user_id}"
