@@ -77,6 +77,14 @@ class Recorder:
 
         return self.wait_for(match, timeout)
 
+    def nothing_of(self, kind: str, seconds: float) -> bool:
+        """True when no frame of `kind` arrives for `seconds` (proving an absence)."""
+        try:
+            self.wait_for(lambda frames: any(f["type"] == kind for f in frames), seconds)
+        except AssertionError:
+            return True
+        return False
+
     def first_time(self, kind: str, **fields: Any) -> float | None:
         with self._changed:
             for t, frame in self.frames:
