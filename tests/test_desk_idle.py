@@ -51,8 +51,8 @@ def test_idle_sessions_are_warned_then_closed_once_by_one_sweeper_and_reported(
                 assert kinds == ["session_idle_warning", "session_closed"], kinds
             assert sql(servers[0], "SELECT status, close_reason FROM chat_sessions WHERE id = %s",
                        session_id) == [("closed", "idle")]
-            assert sql(servers[0], "SELECT COUNT(*) FROM chat_session_events WHERE session_id = %s AND event = 'closed'",
-                       session_id) == [(1,)]
+            assert sql(servers[0], "SELECT COUNT(*) FROM chat_session_events WHERE session_id = %s "
+                       "AND event = 'closed'", session_id) == [(1,)]
             poll(lambda: sql(servers[0], "SELECT close_reason FROM chat_sessions WHERE id = %s", abandoned)
                  == [("idle",)], timeout=IDLE_CLOSE + GRACE + 10)
             leaders = [s.log().count("desk: now the leader") for s in servers]

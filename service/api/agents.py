@@ -103,3 +103,67 @@ def transfer(raw_id: str):
     desk().transfer(None if identity.backend else identity.user_id, session, body.get("agent_id"))
     hub().forget_session(session_id)
     return jsonify(session_wire(session_id))
+
+
+def _error(text: str) -> dict[str, Any]:
+    return {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _ok(text: str, ref: str) -> dict[str, Any]:
+    return {"description": text, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def _body(ref: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+_ID = {"type": "integer", "minimum": 1, "maximum": 9223372036854775807}
+_AGENT_ID = {"name": "agent_id", "in": "path", "required": True, "schema": _ID}
+_SESSION_ID = {"name": "session_id", "in": "path", "required": True, "schema": _ID}
+_ERRORS = {"400": _error("Bad input"), "401": _error("No or failed identity"),
+           "403": _error("Agents only (仅限客服), or not this agent's / session's"),
+           "404": _error("No such agent or session"), "503": _error("Storage unavailable")}
+_REFUSALS = {"409": _error("already_assigned, over_capacity, agent_unavailable, or the session is closed")}
+OPENAPI_PATHS = {
+    "/api/agents": {"get": {"summary": "Every agent with status, capacity and load (agents)",
+                            "responses": {"200": _ok("Agents", "DeskAgentList"), **_ERRORS}}},
+    "/api/agents/{agent_id}/status": {"put": {
+        "summary": "Set an agent's status (the agent itself, or the backend); agent_status to its connections",
+        "parameters": [_AGENT_ID], "requestBody": _body("AgentStatus"),
+        "responses": {"200": _ok("The agent", "DeskAgent"), **_ERRORS}}},
+    "/api/agents/{agent_id}": {"patch": {
+        "summary": "Set an agent's capacity (agents, or the backend)",
+        "parameters": [_AGENT_ID], "requestBody": _body("AgentCapacity"),
+        "responses": {"200": _ok("The agent", "DeskAgent"), **_ERRORS}}},
+    "/api/queue": {"get": {"summary": "Open sessions with no agent, oldest first (agents)",
+                           "responses": {"200": _ok("The queue", "Queue"), **_ERRORS}}},
+    "/api/sessions/{session_id}/claim": {"post": {
+        "summary": "The calling agent takes a waiting session; session_assigned to it and the session",
+        "parameters": [_SESSION_ID],
+        "responses": {"200": _ok("The session", "DeskSession"), **_ERRORS, **_REFUSALS}}},
+    "/api/sessions/{session_id}/transfer": {"post": {
+        "summary": "The session's agent hands it to an online agent with room; session_transferred",
+        "parameters": [_SESSION_ID], "requestBody": _body("Transfer"),
+        "responses": {"200": _ok("The session", "DeskSession"), **_ERRORS, **_REFUSALS}}},
+}
+_AGENT = {"type": "object", "required": ["user_id", "display_name", "status", "capacity", "load"], "properties": {
+    "user_id": {"type": "integer"}, "display_name": {"type": "string", "nullable": True},
+    "status": {"type": "string", "enum": ["online", "away", "offline"]},
+    "capacity": {"type": "integer"}, "load": {"type": "integer", "description": "open sessions carried now"}}}
+OPENAPI_SCHEMAS = {
+    "DeskAgent": _AGENT,
+    "DeskAgentList": {"type": "object", "required": ["agents"], "properties": {
+        "agents": {"type": "array", "items": {"$ref": "#/components/schemas/DeskAgent"}}}},
+    "AgentStatus": {"type": "object", "required": ["status"], "properties": {
+        "status": {"type": "string", "enum": ["online", "away", "offline"]}}},
+    "AgentCapacity": {"type": "object", "required": ["capacity"], "properties": {
+        "capacity": {"type": "integer", "minimum": 0, "maximum": 10000}}},
+    "Transfer": {"type": "object", "required": ["agent_id"], "properties": {"agent_id": _ID}},
+    "Queue": {"type": "object", "required": ["queue"], "properties": {"queue": {"type": "array", "items": {
+        "type": "object", "required": ["session_id", "user_id", "created_at", "position", "waiting_seconds"],
+        "properties": {"session_id": {"type": "integer"}, "user_id": {"type": "integer"},
+                       "created_at": {"type": "string"}, "position": {"type": "integer"},
+                       "waiting_seconds": {"type": "integer"}}}}}},
+    "DeskSession": {"allOf": [{"$ref": "#/components/schemas/Session"}, {"type": "object", "properties": {
+        "assigned_at": {"type": "string", "nullable": True, "description": "first assignment"}}}]},
+}
