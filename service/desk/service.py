@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 TICK = 0.25  # seconds between the leader's rounds when nothing wakes it
 LEADER_RETRY = 1.0  # seconds between attempts to become the leader (and checks that it still is)
-SWEEP_EVERY = 1.0  # seconds between idle sweeps and offline checks
+SWEEP_EVERY = 1.0  # seconds between offline checks
+IDLE_SWEEP_MAX = 10.0  # seconds between idle sweeps at most (a tenth of SESSION_IDLE_CLOSE, at least 1 s)
 SAMPLE_EVERY = 60.0  # seconds between agent load samples
 
 
@@ -312,7 +313,8 @@ class Desk:
     # -- the leader -------------------------------------------------------------------------------
 
     def _leader_loop(self) -> None:
-        next_check = next_sweep = next_sample = 0.0
+        next_check = next_sweep = next_idle = next_sample = 0.0
+        idle_every = max(SWEEP_EVERY, min(self.settings.session_idle_close / 10, IDLE_SWEEP_MAX))
         while True:
             now = time.monotonic()
             if not self.leading or now >= next_check:
@@ -329,8 +331,9 @@ class Desk:
                 if now >= next_sweep:
                     next_sweep = now + SWEEP_EVERY
                     self.check_offline()
-                    if self.settings.session_idle_close > 0:
-                        self.sweep_idle()
+                if self.settings.session_idle_close > 0 and now >= next_idle:
+                    next_idle = now + idle_every
+                    self.sweep_idle()
                 if self.auto:
                     self.send_positions(self.route())
                 if now >= next_sample:
