@@ -72,8 +72,8 @@ def claim_session(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) 
     """Take a waiting session: session_assigned to the agent's connections and the session's room."""
     identity = require_agent(conn)
     session_id = parse_id(message.get("session_id"), Problem.MISSING_SESSION_ID, Problem.INVALID_SESSION_ID)
+    ctx.forget_session(session_id)  # the cached agent_id may be stale: a claim reads the session as it is
     session = ctx.authorize(identity, session_id)
-    ctx.forget_session(session_id)
     ctx.desk.claim(identity.user_id, session)
     ctx.forget_session(session_id)
     return []
