@@ -11,19 +11,22 @@ match it. A refusal rolls the whole transaction back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 from sqlalchemy import Connection, and_, func, insert, select, update
 
 from .models import AGENT_STATUSES, agent_load_table, agents_table, messages_table, sessions_table
-from .queries import Storage
+from .queries import Storage, StorageError
 from .records import SessionRecord
 
 log = logging.getLogger(__name__)
+
+DEADLOCK_ATTEMPTS = 3
 
 
 class Outcome(Enum):
@@ -52,7 +55,7 @@ class DeskAgent:
 
 @dataclass(frozen=True, slots=True)
 class Waiting:
-    """A session in the queue (open, no agent), with the customer's previous agent, if any."""
+    """A session in the queue: open, no agent."""
 
     session_id: int
     user_id: int
@@ -169,6 +172,26 @@ class DeskStorage:
 
     def assign(self, session_id: int, agent_id: int, actor_role: str = "agent") -> Outcome:
         """Give a waiting session to `agent_id` if the agent has room (atomic; see the module docstring)."""
+        return self._retry(self._assign, session_id, agent_id, actor_role)
+
+    def transfer(self, session_id: int, from_agent: int | None, to_agent: int) -> Outcome:
+        """Move an open session from its agent (`from_agent`; None = whoever has it) to `to_agent`, atomically."""
+        return self._retry(self._transfer, session_id, from_agent, to_agent)
+
+    @staticmethod
+    def _retry(func: Callable[..., Outcome], *args: Any) -> Outcome:
+        """Run a transaction again when MySQL/MariaDB chose it as a deadlock victim (it was rolled back whole)."""
+        for attempt in range(DEADLOCK_ATTEMPTS):
+            try:
+                return func(*args)
+            except StorageError as exc:
+                code = getattr(getattr(exc.__cause__, "orig", None), "args", (None,))[0]
+                if code not in (1205, 1213) or attempt == DEADLOCK_ATTEMPTS - 1:
+                    raise
+                log.info("desk: transaction retried after MySQL error %s", code)
+        raise AssertionError("unreachable")
+
+    def _assign(self, session_id: int, agent_id: int, actor_role: str) -> Outcome:
         s = sessions_table.c
         with self._transaction() as conn:
             now = self.now()
@@ -216,8 +239,7 @@ class DeskStorage:
             return Outcome.ASSIGNED if row.agent_id == agent_id else Outcome.ALREADY_ASSIGNED
         return None
 
-    def transfer(self, session_id: int, from_agent: int | None, to_agent: int) -> Outcome:
-        """Move an open session from its agent (`from_agent`; None = whoever has it) to `to_agent`, atomically."""
+    def _transfer(self, session_id: int, from_agent: int | None, to_agent: int) -> Outcome:
         s = sessions_table.c
         with self._transaction() as conn:
             now = self.now()
