@@ -145,7 +145,8 @@ def test_claims_from_every_worker_never_push_an_agent_over_capacity(desk: list[S
         for t in threads:
             t.join()
         device = devices[0]
-        device.wait_for(lambda frames: len([f for f in frames if f["type"] == "session_assigned"]) >= 3)
+        for d in devices:  # each device hears of every assignment, whichever worker made it
+            d.wait_for(lambda frames: len([f for f in frames if f["type"] == "session_assigned"]) >= 3)
         errors = poll(lambda: [e for d in devices for e in d.of_type("error")]
                       if sum(len(d.of_type("error")) for d in devices) >= 5 else None)
         for d in devices:
