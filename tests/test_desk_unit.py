@@ -94,3 +94,39 @@ def test_redis_leases_expire_on_redis_clock_and_touch_one_key_each(redis_url: st
         assert 0 < client.pttl(leases.key(12)) <= 60_000  # the key itself goes away too
     finally:
         client.delete(leases.key(11), leases.key(12))
+
+
+def test_load_samples_and_desk_figures_on_sqlite(tmp_path) -> None:
+    """sample_load writes one row per agent and minute (once); the desk report reads load, queue times, transfers."""
+    from flask import Flask
+
+    from service.config import load_settings
+    from service.storage import init_storage
+    from service.storage.desk import DeskStorage, Outcome
+    from service.storage.desk_reports import DeskReports
+    from support import ROOT
+
+    settings = load_settings({"DATABASE_URL": f"sqlite:///{tmp_path}/desk.db"},
+                             environ={"CHAT_ENV_FILE": str(ROOT / "tests" / "no.env")})
+    storage = init_storage(Flask("desk-unit"), settings)
+    store = DeskStorage(storage, default_capacity=2)
+    storage.add_agent(7)
+    storage.add_agent(8)
+    first, _ = storage.open_session(100)
+    second, _ = storage.open_session(101)
+    third, _ = storage.open_session(102)
+    assert store.assign(first.id, 7) is Outcome.ASSIGNED
+    assert store.assign(first.id, 8) is Outcome.ALREADY_ASSIGNED
+    assert store.assign(second.id, 7) is Outcome.ASSIGNED
+    assert store.assign(third.id, 7) is Outcome.OVER_CAPACITY
+    assert store.assign(third.id, 99) is Outcome.NO_AGENT
+    assert store.transfer(second.id, 7, 8) is Outcome.ASSIGNED
+    assert store.transfer(second.id, 7, 8) is Outcome.NOT_WAITING  # no longer 7's
+    minute = storage.now().replace(second=0)
+    assert store.sample_load(minute) == 2 and store.sample_load(minute) == 0
+    today = storage.now().date()
+    report = DeskReports(storage).desk(today, today)
+    assert report["totals"]["sessions_opened"] == 3 and report["totals"]["sessions_assigned"] == 2
+    assert report["totals"]["transfers"] == 1 and report["totals"]["idle_closes"] == 0
+    assert {a["agent_id"]: a["load_max"] for a in report["agents"]} == {7: 1, 8: 1}
+    assert [w.session_id for w in store.queue()] == [third.id]
