@@ -121,6 +121,10 @@ def test_ten_agents_claim_one_session_at_the_same_instant_one_wins(desk: list[Se
         assert customer.of_type("session_assigned") == [
             {"type": "session_assigned", "session_id": session_id, "agent_id": winner.user_id}]
         assert sql(desk[0], "SELECT agent_id FROM chat_sessions WHERE id = %s", session_id) == [(winner.user_id,)]
+        winner.send({"type": "claim_session", "session_id": session_id})  # claiming one's own: only the caller hears
+        winner.wait_for(lambda frames: len([f for f in frames if f["type"] == "session_assigned"]) == 2)
+        customer.barrier()
+        assert len(customer.of_type("session_assigned")) == 1
     finally:
         for client in [*agents, customer]:
             client.close()

@@ -175,11 +175,13 @@ class Desk:
 
     # -- claim and transfer -----------------------------------------------------------------------
 
-    def claim(self, agent_id: int, session: SessionRecord) -> SessionRecord:
-        """Take a waiting session (both routing modes); session_assigned to the agent and the session."""
+    def claim(self, agent_id: int, session: SessionRecord) -> bool:
+        """Take a waiting session (both routing modes); session_assigned to the agent and the session.
+
+        False (and nothing announced) when the session was the agent's already.
+        """
         if session.agent_id == agent_id:
-            self._announce_assigned(session.id, session.user_id, agent_id)
-            return session
+            return False
         outcome = self._call(self.store.assign, session.id, agent_id)
         if outcome is Outcome.NO_AGENT:
             self._ensure_agent(agent_id)
@@ -190,7 +192,7 @@ class Desk:
         self._announce_assigned(session.id, session.user_id, agent_id)
         if self.auto:
             self._kick()  # the queue moved: positions
-        return self._session(session.id)
+        return True
 
     def implicit_claim(self, agent_id: int, session: SessionRecord) -> bool:
         """ROUTING=auto: an agent who joins or answers a waiting session (a legacy console) takes it, room allowing."""

@@ -74,7 +74,8 @@ def claim_session(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) 
     session_id = parse_id(message.get("session_id"), Problem.MISSING_SESSION_ID, Problem.INVALID_SESSION_ID)
     ctx.forget_session(session_id)  # the cached agent_id may be stale: a claim reads the session as it is
     session = ctx.authorize(identity, session_id)
-    ctx.desk.claim(identity.user_id, session)
+    if not ctx.desk.claim(identity.user_id, session):  # already this agent's: only the caller hears it again
+        return [{"type": "session_assigned", "session_id": session_id, "agent_id": identity.user_id}]
     ctx.forget_session(session_id)
     return []
 
