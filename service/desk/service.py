@@ -88,8 +88,10 @@ class Desk:
         self._greenlets = [gevent.spawn(self._guard, self._renew_loop), gevent.spawn(self._guard, self._leader_loop)]
 
     def stop(self) -> None:
-        gevent.killall(self._greenlets, timeout=1.0)
+        """Stop leading and renewing; the lock goes at once, so another process leads without waiting."""
+        gevent.killall(self._greenlets, block=False)
         self._greenlets = []
+        self.leading = False
         self.lock.release()
 
     def kicked(self) -> None:

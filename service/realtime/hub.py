@@ -272,10 +272,10 @@ class ChatHub:
         if self.inflight:
             log.warning("%d handlers still running at shutdown", self.inflight)
         self.writer.stop(max(0.1, deadline - time.monotonic()))
-        if self.desk is not None:
-            self.desk.stop()
         connections = self.registry.connections()
         log.info("closing %d connections", len(connections))
         closers = [conn.close(CLOSE_GOING_AWAY, reason) for conn in connections]
         gevent.joinall([c for c in closers if c is not None], timeout=max(0.1, deadline - time.monotonic()))
+        if self.desk is not None:
+            self.desk.stop()  # after the closes: the next leader takes over at once
         self.fanout.stop()
