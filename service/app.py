@@ -11,14 +11,18 @@ from flask import Flask
 from .api import init_api
 from .auth import TrustAuthenticator
 from .config import Settings, load_settings
+from .desk import Desk
 from .logs import configure_logging
 from .ops import init_ops
 from .ops.metrics import Metrics
 from .realtime import init_realtime
+from .realtime.desk import FanoutNotifier
 from .realtime.fanout import Fanout
 from .realtime.hub import ChatHub, make_node_id
 from .realtime.registry import Registry
 from .storage import MessageWriter, init_storage
+from .storage.desk import DeskStorage
+from .storage.locks import leader_lock
 from .web import bp as web_bp
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,15 @@ def make_authenticator(settings: Settings, storage) -> Any:
     from .auth import JwtAuthenticator  # noqa: PLC0415
 
     return JwtAuthenticator(settings, storage)
+
+
+def make_desk(settings: Settings, storage, node_id: str) -> Desk:
+    """The agent desk: leases in Redis when configured (several workers), else in memory (one worker)."""
+    from .desk.leases import LocalLeases, RedisLeases  # noqa: PLC0415
+
+    leases = RedisLeases.from_settings(settings) if settings.redis_url else LocalLeases()
+    lock = leader_lock(storage.engine, storage.writer_engine)
+    return Desk(settings, storage, DeskStorage(storage, settings.agent_capacity), leases, lock, node_id)
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -58,7 +71,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         backplane.metrics = metrics
     writer.observe = metrics.db_write
     fanout.on_delivered = metrics.delivered
-    hub = ChatHub(settings, storage, make_authenticator(settings, storage), registry, fanout, writer, metrics)
+    desk = make_desk(settings, storage, fanout.node_id)
+    hub = ChatHub(settings, storage, make_authenticator(settings, storage), registry, fanout, writer, metrics,
+                  desk=desk)
+    desk.notifier = FanoutNotifier(fanout, hub.publish_session_closed)
     fanout.on_event = hub.on_event
 
     init_realtime(app, hub)

@@ -252,6 +252,23 @@ class Settings:
         "WRITER_CONCURRENCY", "2", _int(1, 64),
         "Parallel message writers per worker; each keeps a database connection of its own.",
     )
+    routing: str = setting(
+        "ROUTING", "manual", _choice("manual", "auto"),
+        "manual (legacy: agents pick sessions) or auto (the desk assigns waiting sessions to online agents).",
+    )
+    agent_capacity: int = setting(
+        "AGENT_CAPACITY", "5", _int(0, 10_000), "Open sessions an agent carries at most (per-agent override).",
+    )
+    agent_offline_grace: float = setting(
+        "AGENT_OFFLINE_GRACE", "60", _float(0.5, 86400), "Seconds with no connection before an agent is offline.",
+    )
+    session_idle_close: float = setting(
+        "SESSION_IDLE_CLOSE", "0", _float(0, 30 * 86400),
+        "Seconds with no message before a session is closed (reason idle); 0 = never.",
+    )
+    session_idle_warning: float = setting(
+        "SESSION_IDLE_WARNING", "60", _float(0, 86400), "Seconds before an idle close that the session is warned.",
+    )
 
     @property
     def is_sqlite(self) -> bool:

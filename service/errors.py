@@ -44,6 +44,17 @@ class Problem(Enum):
     PAYLOAD_TOO_LARGE = ("payload_too_large", "请求体过大", 413)
     UNSUPPORTED_MEDIA_TYPE = ("unsupported_media_type", "请求体须为JSON", 415)
     INTERNAL = ("internal_error", "服务器内部错误", 500)
+    # The agent desk
+    ALREADY_ASSIGNED = ("already_assigned", "会话已被其他客服接入", 409)
+    OVER_CAPACITY = ("over_capacity", "客服接待已满", 409)
+    AGENT_UNAVAILABLE = ("agent_unavailable", "客服不在线", 409)
+    TRANSFER_FORBIDDEN = ("forbidden", "无权转接该会话", 403)
+    MISSING_AGENT_ID = ("missing_agent_id", "缺少客服ID", 400)
+    INVALID_AGENT_ID = ("invalid_agent_id", "客服ID无效", 400)
+    AGENT_NOT_FOUND = ("agent_not_found", "客服不存在", 404)
+    INVALID_STATUS = ("invalid_status", "状态无效", 400)
+    INVALID_CAPACITY = ("invalid_capacity", "接待上限无效", 400)
+    NOT_YOUR_STATUS = ("forbidden", "无权修改该客服", 403)
 
     @property
     def code(self) -> str:

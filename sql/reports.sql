@@ -219,3 +219,60 @@ SELECT
 FROM agents a
 LEFT JOIN chat_sessions s ON s.agent_id = a.user_id AND s.status = 'active'
 GROUP BY a.user_id, a.display_name;
+
+-- The agent desk (schema revision 0006)
+--   report_desk_daily          day, sessions_opened, sessions_assigned, queue_avg_seconds, queue_max_seconds,
+--                              transfers, requeued, idle_closes   (time in queue = opened -> first assigned;
+--                              transfers and requeues by the day they happened, idle closes by opening day)
+--   report_agent_load_hourly   day, hour, agent_id, display_name, samples, online_samples, load_avg, load_max,
+--                              capacity   (from chat_agent_load: one sample per agent and minute)
+
+CREATE OR REPLACE VIEW report_desk_daily AS
+SELECT
+    d.day,
+    COALESCE(q.sessions_opened, 0) AS sessions_opened,
+    COALESCE(q.sessions_assigned, 0) AS sessions_assigned,
+    q.queue_avg_seconds,
+    q.queue_max_seconds,
+    COALESCE(e.transfers, 0) AS transfers,
+    COALESCE(e.requeued, 0) AS requeued,
+    COALESCE(q.idle_closes, 0) AS idle_closes
+FROM (
+    SELECT created_day AS day FROM chat_sessions
+    UNION SELECT DATE(created_at) FROM chat_session_events WHERE event IN ('transferred', 'requeued')
+) d
+LEFT JOIN (
+    SELECT
+        s.created_day AS day,
+        COUNT(*) AS sessions_opened,
+        SUM(CASE WHEN s.assigned_at IS NOT NULL THEN 1 ELSE 0 END) AS sessions_assigned,
+        AVG(TIMESTAMPDIFF(SECOND, s.created_at, s.assigned_at)) AS queue_avg_seconds,
+        MAX(TIMESTAMPDIFF(SECOND, s.created_at, s.assigned_at)) AS queue_max_seconds,
+        SUM(CASE WHEN s.close_reason = 'idle' THEN 1 ELSE 0 END) AS idle_closes
+    FROM chat_sessions s
+    GROUP BY s.created_day
+) q ON q.day = d.day
+LEFT JOIN (
+    SELECT
+        DATE(ev.created_at) AS day,
+        SUM(CASE WHEN ev.event = 'transferred' THEN 1 ELSE 0 END) AS transfers,
+        SUM(CASE WHEN ev.event = 'requeued' THEN 1 ELSE 0 END) AS requeued
+    FROM chat_session_events ev
+    WHERE ev.event IN ('transferred', 'requeued')
+    GROUP BY DATE(ev.created_at)
+) e ON e.day = d.day;
+
+CREATE OR REPLACE VIEW report_agent_load_hourly AS
+SELECT
+    DATE(l.sampled_at) AS day,
+    HOUR(l.sampled_at) AS hour,
+    l.agent_id,
+    a.display_name,
+    COUNT(*) AS samples,
+    SUM(CASE WHEN l.status = 'online' THEN 1 ELSE 0 END) AS online_samples,
+    AVG(l.load) AS load_avg,
+    MAX(l.load) AS load_max,
+    MAX(l.capacity) AS capacity
+FROM chat_agent_load l
+LEFT JOIN agents a ON a.user_id = l.agent_id
+GROUP BY DATE(l.sampled_at), HOUR(l.sampled_at), l.agent_id, a.display_name;

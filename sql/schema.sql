@@ -5,13 +5,26 @@
 --
 -- Times are naive DATETIMEs in APP_TIMEZONE (the legacy convention). The report views are in reports.sql.
 -- client_msg_id uses MariaDB's utf8mb4_nopad_bin (byte-exact); on MySQL 8 write utf8mb4_0900_bin instead.
--- Schema revision: 0005
+-- Schema revision: 0006
 
 CREATE TABLE IF NOT EXISTS agents (
 	user_id BIGINT NOT NULL,
 	display_name VARCHAR(100),
 	created_at DATETIME NOT NULL,
+	status VARCHAR(16) NOT NULL DEFAULT 'offline',
+	capacity INTEGER,
+	last_assigned_at DATETIME,
 	PRIMARY KEY (user_id)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_unicode_ci;
+
+CREATE TABLE IF NOT EXISTS chat_agent_load (
+	sampled_at DATETIME NOT NULL,
+	agent_id BIGINT NOT NULL,
+	status VARCHAR(16) NOT NULL,
+	`load` INTEGER NOT NULL,
+	capacity INTEGER NOT NULL,
+	PRIMARY KEY (sampled_at, agent_id),
+	KEY ix_chat_agent_load_agent_sampled (agent_id, sampled_at)
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_unicode_ci;
 
 CREATE TABLE IF NOT EXISTS chat_message_hourly (
@@ -36,6 +49,8 @@ CREATE TABLE IF NOT EXISTS chat_sessions (
 	closed_by BIGINT,
 	close_reason VARCHAR(16),
 	created_day DATE GENERATED ALWAYS AS (DATE(created_at)) VIRTUAL,
+	assigned_at DATETIME,
+	idle_warned_at DATETIME,
 	PRIMARY KEY (id),
 	CONSTRAINT uq_chat_sessions_open_per_user UNIQUE (user_id, open_flag),
 	KEY ix_chat_sessions_agent_status (agent_id, status),
@@ -87,4 +102,4 @@ CREATE TABLE IF NOT EXISTS alembic_version (
 	version_num VARCHAR(32) NOT NULL,
 	CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
-INSERT IGNORE INTO alembic_version (version_num) VALUES ('0005');
+INSERT IGNORE INTO alembic_version (version_num) VALUES ('0006');

@@ -22,7 +22,12 @@ HTTP_ENDPOINTS = ["POST /api/sessions", "GET /api/sessions", "GET /api/sessions/
                   "GET /api/sessions/<raw_id>/messages", "POST /api/sessions/<raw_id>/messages",
                   "POST /api/sessions/<raw_id>/close", "GET /api/sessions/<raw_id>/presence"]
 SESSION_MESSAGES = ["join_session", "send_message", "read", "typing"]
-REPORT_ENDPOINTS = ["GET /api/reports/summary", "GET /api/reports/agents"]
+REPORT_ENDPOINTS = ["GET /api/reports/summary", "GET /api/reports/agents", "GET /api/reports/desk"]
+DESK_ENDPOINTS = ["GET /api/agents", "GET /api/queue", "PUT /api/agents/<raw_id>/status",
+                  "PATCH /api/agents/<raw_id>", "POST /api/sessions/<raw_id>/claim",
+                  "POST /api/sessions/<raw_id>/transfer"]
+DESK_MESSAGES = ["set_status", "claim_session", "transfer_session"]  # agents only
+AGENTS_ONLY = {"error": "仅限客服", "code": "agents_only"}
 SESSIONLESS_MESSAGES = ["auth", "ping", "leave_session"]  # act on the caller's own connection only
 
 
@@ -209,7 +214,63 @@ def test_matrix_covers_everything(realm: Realm) -> None:
     app = create_app({"DATABASE_URL": "sqlite://", "CHAT_ENV_FILE": ""})
     routes = {f"{m} {r.rule}" for r in app.url_map.iter_rules() if r.rule.startswith("/api/")
               and not r.rule.startswith("/api/openapi") for m in r.methods - {"HEAD", "OPTIONS"}}
-    covered = set(HTTP_ENDPOINTS) | set(REPORT_ENDPOINTS)
+    covered = set(HTTP_ENDPOINTS) | set(REPORT_ENDPOINTS) | set(DESK_ENDPOINTS)
     assert routes <= covered, f"add rows to the authorization matrix for {routes - covered}"
-    missing = set(_HANDLERS) - set(SESSION_MESSAGES) - set(SESSIONLESS_MESSAGES)
+    missing = set(_HANDLERS) - set(SESSION_MESSAGES) - set(SESSIONLESS_MESSAGES) - set(DESK_MESSAGES)
     assert not missing, f"add rows to the authorization matrix for message types {missing}"
+
+
+def desk_agent_row(realm: Realm) -> None:
+    """The realm's agent with its desk row (a JWT agent gets it on its first set_status)."""
+    status, body = realm.http("agent", "PUT", f"/api/agents/{realm.agent}/status", {"status": "online"})
+    assert status == 200, body
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("endpoint", DESK_ENDPOINTS)
+def test_desk_endpoints_are_for_agents_only(realm: Realm, caller: str, endpoint: str) -> None:
+    """The desk's HTTP API: every customer gets 仅限客服; agents are served; the backend may not claim."""
+    desk_agent_row(realm)
+    session_id = realm.new_session()
+    absent_agent = fresh_id()  # not an agent: a transfer to it is refused once authorized
+    method, template = endpoint.split(" ")
+    path = template.replace("<raw_id>", str(realm.agent if "/agents/" in template else session_id))
+    body = {"PUT": {"status": "online"}, "PATCH": {"capacity": 4}}.get(method)
+    ok: tuple[int, ...] = (200,)
+    if template.endswith("/transfer"):
+        status, claimed = realm.http("agent", "POST", f"/api/sessions/{session_id}/claim")
+        assert status == 200, claimed
+        body, ok = {"agent_id": absent_agent}, (409,)
+    status, answer = realm.http(caller, method, path, body)
+    if caller == "backend" and realm.mode == "jwt":
+        assert (status, answer) == (401, {"error": "未认证", "code": "unauthenticated"})
+    elif caller in ("own", "foreign"):
+        assert (status, answer) == (403, AGENTS_ONLY)
+    elif caller == "backend" and template.endswith("/claim"):
+        assert (status, answer) == (403, AGENTS_ONLY)  # the backend is nobody: it cannot carry a session
+    else:
+        assert status in ok, (status, answer)
+        if ok == (409,):
+            assert answer["code"] == "agent_unavailable"
+
+
+@pytest.mark.parametrize("caller", ["own", "foreign", "agent"])
+@pytest.mark.parametrize("message_type", DESK_MESSAGES)
+def test_websocket_desk_messages_are_for_agents_only(realm: Realm, caller: str, message_type: str) -> None:
+    """set_status, claim_session, transfer_session: customers get 仅限客服; an agent is served."""
+    session_id = realm.new_session()
+    c = realm.websocket(caller)
+    message: dict[str, Any] = {"type": message_type, "session_id": session_id}
+    if message_type == "set_status":
+        message = {"type": message_type, "status": "online"}
+    elif message_type == "transfer_session":
+        message["agent_id"] = fresh_id()
+    if caller != "agent":
+        assert c.request(message) == {"type": "error", **AGENTS_ONLY}
+    elif message_type == "set_status":
+        assert c.request(message) == {"type": "agent_status", "user_id": realm.agent, "status": "online"}
+    elif message_type == "claim_session":
+        assert c.request(message) == {"type": "session_assigned", "session_id": session_id, "agent_id": realm.agent}
+    else:
+        assert c.request(message)["code"] == "forbidden"  # not this agent's session
+    c.close()

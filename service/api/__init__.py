@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import Problem, Refused
 from ..storage import StorageError
+from .agents import bp as agents_bp
 from .limits import PostRateLimit, check_body
 from .openapi import bp as openapi_bp
 from .reports import bp as reports_bp
@@ -34,6 +35,7 @@ def init_api(app: Flask) -> None:
     def api_body():
         if request.path.startswith("/api/"):
             check_body(settings.max_json_depth)
+    app.register_blueprint(agents_bp, url_prefix="/api")
 
     @app.errorhandler(Refused)
     def refused(exc: Refused):

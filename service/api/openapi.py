@@ -7,6 +7,8 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 
+from .agents import OPENAPI_PATHS as DESK_PATHS
+from .agents import OPENAPI_SCHEMAS as DESK_SCHEMAS
 from .reports import OPENAPI_PATHS, OPENAPI_SCHEMAS
 
 bp = Blueprint("openapi", __name__)
@@ -253,6 +255,8 @@ SPEC: dict[str, Any] = {
 
 SPEC["paths"].update(OPENAPI_PATHS)
 SPEC["components"]["schemas"].update(OPENAPI_SCHEMAS)
+SPEC["paths"].update(DESK_PATHS)
+SPEC["components"]["schemas"].update(DESK_SCHEMAS)
 
 
 @bp.get("/openapi.json")

@@ -100,3 +100,35 @@ def agents():
     """One row per agent over [from, to]: sessions, FRT and handling (avg, median), messages, open now."""
     reports, first, last = _reports_and_range()
     return jsonify(storage_call(reports.agents, first, last))
+
+
+@bp.get("/reports/desk")
+def desk():
+    """The agent desk over [from, to]: time in queue, transfers, requeues, idle closes; agent load over time."""
+    from ..storage.desk_reports import DeskReports
+
+    reports, first, last = _reports_and_range()
+    return jsonify(storage_call(DeskReports(reports.storage).desk, first, last))
+
+
+_DESK_FIGURES = {**{name: _COUNT for name in ("sessions_opened", "sessions_assigned", "transfers", "requeued",
+                                              "idle_closes")},
+                 "queue_avg_seconds": _SECONDS, "queue_max_seconds": _SECONDS}
+_LOAD = {"agent_id": _COUNT, "display_name": {"type": "string", "nullable": True}, "samples": _COUNT,
+         "online_samples": _COUNT, "load_avg": {"type": "number", "nullable": True}, "load_max": _COUNT}
+OPENAPI_PATHS["/api/reports/desk"] = {"get": {
+    "summary": "The agent desk per day and in total (time in queue, transfers, requeues, idle closes), agent load",
+    "parameters": _RANGE,
+    "responses": {"200": {"description": "The figures of report_desk_daily and report_agent_load_hourly",
+                          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Desk"}}}},
+                  **_ERRORS},
+}}
+OPENAPI_SCHEMAS["Desk"] = {"type": "object", "properties": {
+    "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
+    "days": {"type": "array", "items": {"type": "object", "properties": {
+        "day": {"type": "string", "format": "date"}, **_DESK_FIGURES}}},
+    "totals": {"type": "object", "properties": _DESK_FIGURES},
+    "agents": {"type": "array", "items": {"type": "object", "properties": _LOAD}},
+    "load": {"type": "array", "items": {"type": "object", "properties": {
+        "day": {"type": "string", "format": "date"}, "hour": _COUNT, **_LOAD, "capacity": _COUNT}}},
+}}

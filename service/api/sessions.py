@@ -76,6 +76,8 @@ def open_session():
     if not (identity.is_agent or identity.user_id == user_id):
         raise Refused(Problem.FORBIDDEN)
     session, created = storage_call(hub().storage.open_session, user_id)
+    if created and hub().desk is not None:
+        hub().desk.session_opened(session)
     return jsonify(session.to_wire()), 201 if created else 200
 
 

@@ -25,15 +25,24 @@ def agent() -> None:
 @agent.command("add")
 @click.argument("user_ids", metavar="USER_ID...", nargs=-1, required=True)
 @click.option("--name", "display_name", help="Display name shown to reporting (one USER_ID only).")
+@click.option("--capacity", type=click.IntRange(0, 10_000), default=None,
+              help="Open sessions each agent carries at most (default: AGENT_CAPACITY).")
 @pass_context
-def add(ctx: Context, user_ids: tuple[str, ...], display_name: str | None) -> None:
+def add(ctx: Context, user_ids: tuple[str, ...], display_name: str | None, capacity: int | None) -> None:
     """Make each USER_ID an agent (may join and answer every session)."""
     uids = [_user_id(raw) for raw in user_ids]  # every id checked before any is stored
     if display_name is not None and len(uids) > 1:
         raise click.BadParameter("names one agent: give a single USER_ID with it", param_hint="--name")
+    desk = None
+    if capacity is not None:
+        from ..storage.desk import DeskStorage
+
+        desk = DeskStorage(ctx.storage, ctx.settings.agent_capacity)
     for uid in uids:
         try:
             record, created = ctx.storage.add_agent(uid, display_name)
+            if desk is not None:
+                desk.set_capacity(uid, capacity)
         except StorageError as exc:
             raise click.ClickException(f"database unavailable: {exc}") from None
         click.echo(f"{'added' if created else 'updated'} agent {record.user_id}"

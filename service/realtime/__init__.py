@@ -12,6 +12,7 @@ from flask import Flask, Response
 
 from ..config import Settings
 from . import activity as _activity  # noqa: F401  (read and typing handlers)
+from . import desk as _desk  # noqa: F401  (the agent desk's handlers)
 from . import handlers as _handlers  # noqa: F401  (fills the handler table)
 from .connection import Connection
 from .hub import ChatHub

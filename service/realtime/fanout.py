@@ -24,6 +24,10 @@ class Event:
     `include`: a connection id that gets the frame even when not in the room (a sender not joined).
     `exclude`: a connection id that must not get it (a typing client's own notice).
     `stored_at`: when the message was stored (time.time()), so every process can measure delivery latency.
+    `user_id`: when set, the frame goes to every connection authenticated as that user, on every worker and
+    host, instead of to the room (`session_id` is then the session it is about, or 0). With `room_copy`, the
+    same frame was also published to the session's room: the user's connections in that room get it from
+    there, once, and not a second time as the user's.
     """
 
     session_id: int
@@ -34,6 +38,8 @@ class Event:
     message_id: int | None = None
     origin: str = ""
     stored_at: float = 0.0  # wall-clock time the message was stored (delivery latency metric)
+    user_id: int | None = None
+    room_copy: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -94,9 +100,14 @@ class Fanout:
     def _deliver(self, event: Event) -> int:
         if self.on_event is not None:
             self.on_event(event)
-        count = self.registry.deliver(
-            event.session_id, event.text, include=event.include, exclude=event.exclude, message_id=event.message_id
-        )
+        if event.user_id is not None:
+            skip = event.session_id if event.room_copy else None
+            count = self.registry.deliver_to_user(event.user_id, event.text, skip_session=skip)
+        else:
+            count = self.registry.deliver(
+                event.session_id, event.text, include=event.include, exclude=event.exclude,
+                message_id=event.message_id
+            )
         if self.on_delivered is not None:
             self.on_delivered(event, count)
         return count

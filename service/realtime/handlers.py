@@ -60,7 +60,9 @@ def auth(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -> list[R
     """Bind the connection to a user; a second auth re-binds it and leaves its session (no left_session)."""
     identity = ctx.auth.websocket_identity(message)
     ctx.registry.leave(conn)
+    previous = conn.user_id
     conn.identity = identity
+    ctx.registry.user_changed(conn, previous)
     log.info("authenticated", extra={"connection_id": conn.connection_id, "user_id": identity.user_id})
     return [{"type": "auth_success", "user_id": identity.user_id}]
 

@@ -53,6 +53,7 @@ class ChatHub:
         fanout: Fanout,
         writer: MessageWriter,
         metrics: Any = None,
+        desk: Any = None,
     ) -> None:
         self.settings = settings
         self.storage = storage
@@ -61,6 +62,7 @@ class ChatHub:
         self.fanout = fanout
         self.writer = writer
         self.metrics = metrics
+        self.desk = desk  # service.desk.Desk: status, claim, transfer, routing (None: not wired)
         self.node_id = fanout.node_id
         self.typing = TypingNotices(fanout, settings.typing_timeout)
         self._sequence = itertools.count(1)
@@ -116,8 +118,12 @@ class ChatHub:
             raise
 
     def claim_for_agent(self, identity: Identity, session: SessionRecord) -> None:
-        """The first agent to join or answer a session becomes its agent."""
+        """The first agent to join or answer a session becomes its agent (ROUTING=auto: room allowing)."""
         if identity.is_agent and not identity.backend and session.agent_id is None:
+            if self.desk is not None and self.desk.auto:
+                self.desk.implicit_claim(identity.user_id, session)
+                self.forget_session(session.id)
+                return
             try:
                 if self.storage.assign_agent(session.id, identity.user_id):
                     log.info("agent assigned", extra={"session_id": session.id, "user_id": identity.user_id})
@@ -177,12 +183,15 @@ class ChatHub:
         )
         return stored, False
 
-    def publish_session_closed(self, session_id: int) -> None:
+    def publish_session_closed(self, session_id: int, reason: str | None = None) -> None:
+        """`session_closed` to the room; `reason` (additive) only for the desk's closes (idle)."""
         self.forget_session(session_id)
-        self.fanout.publish(
-            Event(session_id=session_id, text=encode({"type": "session_closed", "session_id": session_id}),
-                  kind="session_closed")
-        )
+        frame: dict[str, Any] = {"type": "session_closed", "session_id": session_id}
+        if reason is not None:
+            frame["reason"] = reason
+        self.fanout.publish(Event(session_id=session_id, text=encode(frame), kind="session_closed"))
+        if self.desk is not None:
+            self.desk.session_closed(session_id)
 
     def on_event(self, event: Event) -> None:
         """Every event, local or from another process, passes here before delivery."""
@@ -190,6 +199,10 @@ class ChatHub:
             self._note_delivery(event.message_id)
         elif event.kind == "session_closed":
             self.forget_session(event.session_id)
+        elif event.kind in ("session_assigned", "session_transferred") and event.user_id is None:
+            self.forget_session(event.session_id)  # the cached agent_id changed
+        elif event.kind == "desk_kick" and self.desk is not None:
+            self.desk.kicked()
 
     def _note_delivery(self, message_id: int) -> None:
         delivered = self._delivered
@@ -263,4 +276,6 @@ class ChatHub:
         log.info("closing %d connections", len(connections))
         closers = [conn.close(CLOSE_GOING_AWAY, reason) for conn in connections]
         gevent.joinall([c for c in closers if c is not None], timeout=max(0.1, deadline - time.monotonic()))
+        if self.desk is not None:
+            self.desk.stop()  # after the closes: the next leader takes over at once
         self.fanout.stop()

@@ -26,6 +26,7 @@ class Registry:
     def __init__(self) -> None:
         self._connections: dict[str, Member] = {}
         self._rooms: dict[int, set[Member]] = {}
+        self._users: dict[int, set[Member]] = {}  # user id -> this worker's connections authenticated as it
         self.revision = 0  # bumped on every join and leave: presence mirrors rooms when it changes
 
     def add(self, conn: Member) -> None:
@@ -34,7 +35,43 @@ class Registry:
     def remove(self, conn: Member) -> None:
         """Forget a closed connection and leave its room."""
         self.leave(conn)
+        self._unbind(conn, conn.user_id)
         self._connections.pop(conn.connection_id, None)
+
+    def user_changed(self, conn: Member, previous_user_id: int | None) -> None:
+        """Index `conn` under its (new) user after an auth; `previous_user_id` is who it was before."""
+        if previous_user_id == conn.user_id:
+            return
+        self._unbind(conn, previous_user_id)
+        if conn.user_id is not None:
+            self._users.setdefault(conn.user_id, set()).add(conn)
+
+    def _unbind(self, conn: Member, user_id: int | None) -> None:
+        if user_id is None:
+            return
+        conns = self._users.get(user_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self._users[user_id]
+
+    def of_user(self, user_id: int) -> tuple[Member, ...]:
+        """A copy of this worker's connections authenticated as `user_id`."""
+        conns = self._users.get(user_id)
+        return tuple(conns) if conns else ()
+
+    def users(self) -> list[int]:
+        """The users with at least one connection on this worker."""
+        return list(self._users)
+
+    def deliver_to_user(self, user_id: int, text: str, skip_session: int | None = None) -> int:
+        """Send `text` to every connection of `user_id` here (but those joined to `skip_session`, if given)."""
+        sent = 0
+        for conn in self.of_user(user_id):
+            if skip_session is not None and conn.session_id == skip_session:
+                continue
+            sent += conn.send_event(text)
+        return sent
 
     def join(self, conn: Member, session_id: int) -> None:
         """Put `conn` in the session's room, leaving the room it was in (a connection is in at most one)."""

@@ -46,6 +46,8 @@ def install(worker: Any) -> None:
     reporter = StatsReporter(hub, hub.settings.state_dir)
     reporter.start()
     hub.fanout.start()  # the backplane listens from boot, even in a worker that never publishes
+    if hub.desk is not None:
+        hub.desk.start()  # leases and the leader loop, after the fork
 
     def watch() -> None:
         while worker.alive:

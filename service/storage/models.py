@@ -78,6 +78,11 @@ class Agent(db.Model):
     user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     display_name: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    # The agent desk (revision 0006): one status for the whole deployment, sessions carried at most (NULL =
+    # AGENT_CAPACITY), and when the agent was last given a session (routing prefers the longest idle).
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="offline", server_default="offline")
+    capacity: Mapped[int | None] = mapped_column(Integer)
+    last_assigned_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class ChatSession(db.Model):
@@ -100,6 +105,9 @@ class ChatSession(db.Model):
     closed_by: Mapped[int | None] = mapped_column(BigInteger)
     close_reason: Mapped[str | None] = mapped_column(String(16))
     created_day: Mapped[date | None] = mapped_column(Date, Computed(CREATED_DAY, persisted=False))
+    # The agent desk (revision 0006): the first assignment (time in queue) and the idle sweeper's warning.
+    assigned_at: Mapped[datetime | None] = mapped_column(DateTime)
+    idle_warned_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     __table_args__ = (
         UniqueConstraint("user_id", "open_flag", name="uq_chat_sessions_open_per_user"),
@@ -162,7 +170,8 @@ class ChatSessionEvent(db.Model):
     )
 
 
-EVENTS = ("opened", "assigned", "closed")
+EVENTS = ("opened", "assigned", "closed", "transferred", "requeued")
+AGENT_STATUSES = ("online", "away", "offline")
 
 
 class ChatMessageHourly(db.Model):
@@ -205,12 +214,27 @@ class ChatReadState(db.Model):
     __table_args__ = MYSQL_TABLE
 
 
+class ChatAgentLoad(db.Model):
+    """One sample per agent and minute, written by the desk's leader: per-agent load over time (reports)."""
+
+    __tablename__ = "chat_agent_load"
+
+    sampled_at: Mapped[datetime] = mapped_column(DateTime, primary_key=True)
+    agent_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    load: Mapped[int] = mapped_column(Integer, nullable=False)
+    capacity: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __table_args__ = (Index("ix_chat_agent_load_agent_sampled", "agent_id", "sampled_at"), MYSQL_TABLE)
+
+
 sessions_table = ChatSession.__table__
 messages_table = ChatMessage.__table__
 agents_table = Agent.__table__
 events_table = ChatSessionEvent.__table__
 message_hourly_table = ChatMessageHourly.__table__
 read_states_table = ChatReadState.__table__
+agent_load_table = ChatAgentLoad.__table__
 
 
 BASE_NAMES = {table: table.name for table in db.metadata.tables.values()}

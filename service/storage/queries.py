@@ -208,14 +208,15 @@ class Storage:
     def assign_agent(self, session_id: int, agent_id: int) -> bool:
         """Make `agent_id` the session's agent if it has none yet; True when this call assigned it."""
         with self.connect(write=True) as conn:
+            now = self.now()
             result = conn.execute(
                 update(sessions_table)
                 .where(and_(sessions_table.c.id == session_id, sessions_table.c.agent_id.is_(None)))
-                .values(agent_id=agent_id)
+                .values(agent_id=agent_id, assigned_at=func.coalesce(sessions_table.c.assigned_at, now))
             )
             assigned = result.rowcount > 0
             if assigned:
-                self._record_event(conn, session_id, "assigned", agent_id, "agent", self.now())
+                self._record_event(conn, session_id, "assigned", agent_id, "agent", now)
         return assigned
 
     def close_session(
