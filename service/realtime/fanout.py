@@ -1,8 +1,10 @@
 """Fan-out: every event reaches this worker's connections directly and every other worker through a backplane.
 
-The backplane does not care about sockets: it publishes an event once and hands what it receives from
-other processes back to `Fanout.receive`. Events carry the origin's node id, so a process never delivers
-its own event twice (once locally, once from the backplane).
+The backplane does not care about sockets: it publishes an event once, on the channel of its session (or
+of its user), and hands what it receives from other processes back to `Fanout.receive`. Events carry the
+origin's node id, so a process never delivers its own event twice (once locally, once from the backplane).
+With a backplane, every room event passes the catch-up's bookkeeping (catchup.py): what a lost
+subscription hid is read back from the database, and nothing is handed to a room twice.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
+from .catchup import DELIVER, CatchUp, History
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -19,8 +22,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One frame for a session's room.
+    """One frame for a session's room, or for every connection of one user.
 
+    `user_id`: when set, the frame goes to every connection authenticated as that user, on every worker and
+    host, instead of to a room (`session_id` is then the session it is about, or 0).
     `include`: a connection id that gets the frame even when not in the room (a sender not joined).
     `exclude`: a connection id that must not get it (a typing client's own notice).
     `stored_at`: when the message was stored (time.time()), so every process can measure delivery latency.
@@ -34,6 +39,7 @@ class Event:
     message_id: int | None = None
     origin: str = ""
     stored_at: float = 0.0  # wall-clock time the message was stored (delivery latency metric)
+    user_id: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -51,6 +57,10 @@ class Backplane(Protocol):
 
     def publish(self, event: Event) -> bool: ...
 
+    def hears(self, session_id: int) -> bool:
+        """True while this process's subscription to the session's events is confirmed and up."""
+        ...
+
     def stop(self) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
@@ -61,13 +71,18 @@ class Backplane(Protocol):
 
 
 class Fanout:
-    def __init__(self, registry: Registry, node_id: str, backplane: Backplane | None = None) -> None:
+    def __init__(self, registry: Registry, node_id: str, backplane: Backplane | None = None,
+                 history: History | None = None) -> None:
+        """`history` (the storage) lets a worker catch up from the database after a lost subscription."""
         self.registry = registry
         self.node_id = node_id
         self.backplane = backplane
         self.on_event = None  # optional callable(event), before delivery (cache invalidation)
         self.on_delivered = None  # optional callable(event, count) for metrics
         self._started = False
+        self.catch_up = (
+            CatchUp(history, self._hand_over, registry.has_room, backplane.hears) if backplane is not None else None
+        )
 
     def start(self) -> None:
         """Start the backplane listener; called lazily in the worker, after the fork."""
@@ -91,7 +106,19 @@ class Fanout:
             return 0
         return self._deliver(event)
 
+    def resync(self, session_id: int, since: float) -> None:
+        """The backplane hears the session again after it could not: catch its room up from the database."""
+        if self.catch_up is not None:
+            self.catch_up.resync(session_id, since)
+
     def _deliver(self, event: Event) -> int:
+        if event.user_id is not None:
+            return self.registry.deliver_to_user(event.user_id, event.text)
+        if self.catch_up is not None and self.catch_up.admit(event) != DELIVER:
+            return 0
+        return self._hand_over(event)
+
+    def _hand_over(self, event: Event) -> int:
         if self.on_event is not None:
             self.on_event(event)
         count = self.registry.deliver(

@@ -59,8 +59,7 @@ def ping(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -> list[R
 def auth(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -> list[Reply]:
     """Bind the connection to a user; a second auth re-binds it and leaves its session (no left_session)."""
     identity = ctx.auth.websocket_identity(message)
-    ctx.registry.leave(conn)
-    conn.identity = identity
+    ctx.registry.set_identity(conn, identity)
     log.info("authenticated", extra={"connection_id": conn.connection_id, "user_id": identity.user_id})
     return [{"type": "auth_success", "user_id": identity.user_id}]
 
