@@ -7,6 +7,7 @@ nodes.conf (so a master killed and started again on its port rejoins with its sl
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -74,12 +75,26 @@ class RedisProcess:
         self.proc = None
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (10000 higher) is free too; both below 65536."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class RedisCluster:
     """Three masters, no replicas, every slot covered; `restart(i)` kills master i and starts it again."""
 
     def __init__(self, directory: Path, masters: int = 3) -> None:
         self.nodes = [
-            RedisProcess(directory / f"node{i}", None, "--cluster-enabled", "yes", "--cluster-config-file",
+            RedisProcess(directory / f"node{i}", cluster_port(), "--cluster-enabled", "yes", "--cluster-config-file",
                          "nodes.conf", "--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no")
             for i in range(masters)
         ]
