@@ -219,6 +219,10 @@ def outage_run(first: Server, second: Server, outage: Callable[[], None]) -> Non
         result = paced_exchange(pairs, per_sender=250, interval=0.04, meanwhile=meanwhile)
         print(f"\noutage between two instances: {result.line()} in {time.monotonic() - started:.1f}s")
         assert result.perfect, result.line()
+    except BaseException:
+        for server in (first, second):
+            print(f"--- log of {server.ws_url}\n{server.log()[-6000:]}")
+        raise
     finally:
         close_pairs(pairs)
 

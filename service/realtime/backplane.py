@@ -71,6 +71,15 @@ POOL_SIZE = 16
 IDLE, SUBSCRIBING, SUBSCRIBED, UNSUBSCRIBING = "idle", "subscribing", "subscribed", "unsubscribing"
 
 _EVENT_FIELDS = frozenset(Event.__dataclass_fields__)
+RESYNC = "resync"  # a marker event, never delivered: "some of my events on this channel were not published"
+
+
+def session_of_channel(channel: str) -> int | None:
+    """The session of a session channel (`<prefix>:s:{N}`), None for any other channel."""
+    head, _, tail = channel.rpartition(":s:{")
+    if not head or not tail.endswith("}") or not tail[:-1].isdigit():
+        return None
+    return int(tail[:-1])
 
 # Members whose expiry (score, ms on Redis's clock) is still ahead; read-only, one clock for every host.
 _LIVE_MEMBERS = """
@@ -249,6 +258,8 @@ class RedisBackplane:
         self._started = False
         self._publisher_up = True  # optimistic until a command fails
         self._down: set[str] = set()  # nodes the publisher cannot reach now
+        self._retry_now = False
+        self._behind: set[str] = set()  # channels with events not published: a marker follows on recovery
         self._channels: dict[str, Channel] = {}
         self._sessions: dict[int, Channel] = {}
         self._unwanted: dict[str, float] = {}  # channel -> when its last member left
@@ -316,20 +327,20 @@ class RedisBackplane:
             channel = self.user_channel(event.user_id) if event.user_id is not None else \
                 self.session_channel(event.session_id)
             node = self.nodes.node_of(channel)
+            entry = self._seqs.get(channel)
+            if entry is None:
+                entry = self._seqs[channel] = [0, 0.0]
+            entry[0] += 1  # a refused event still takes its number: receivers see the jump and catch up
+            entry[1] = time.monotonic()
             if not self._publisher_up and (node in self._down or not self._down):
+                self._behind.add(channel)
                 self._publish_failed()
                 return False
-            entry = self._seqs.get(channel)
-            seq = entry[0] + 1 if entry is not None else 1
-            payload = encode_envelope(self.node_id, seq, event)
+            payload = encode_envelope(self.node_id, entry[0], event)
         except Exception:  # an event that cannot be encoded must not break the sender's reply
             log.exception("backplane: could not encode event")
             self._publish_failed()
             return False
-        if entry is None:
-            self._seqs[channel] = [seq, time.monotonic()]
-        else:
-            entry[0], entry[1] = seq, time.monotonic()
         self._queue.append((node, channel, payload))
         self._drained.clear()
         self._wake.set()
@@ -478,10 +489,13 @@ class RedisBackplane:
                 channel.state = SUBSCRIBING
                 self._last_seq.pop(channel.name, None)
                 names.append(channel.name)
-        for start in range(0, len(names), SUBSCRIBE_CHUNK):
-            subscriber.send("SSUBSCRIBE", *names[start:start + SUBSCRIBE_CHUNK])
+        for group in self.nodes.same_slot_groups(names, SUBSCRIBE_CHUNK):
+            subscriber.send("SSUBSCRIBE", *group)
         self.counters["subscribes"] += len(names)
         self._listening_nodes[subscriber.node] = True
+        if subscriber.node in self._down:
+            self._retry_now = True  # the publisher retries it now rather than after its backoff
+            self._wake.set()
         if not first:
             self.counters["reconnects"] += 1
             if self.metrics is not None:
@@ -593,10 +607,12 @@ class RedisBackplane:
             self.counters["malformed"] += 1
             return
         assert self.fanout is not None
-        if gap and event.user_id is None:
+        if gap and event.user_id is None and event.session_id:
             # The origin could not publish some events here (its Redis connection failed): read them back.
             known = self._sessions.get(event.session_id)
             self.fanout.resync(event.session_id, known.since if known is not None else time.time())
+        if event.kind == RESYNC:
+            return
         try:
             self.counters["delivered"] += self.fanout.receive(event)
         except Exception:
@@ -737,16 +753,20 @@ class RedisBackplane:
         """One queue, one pipeline per node at a time: a channel's events reach Redis in publication order."""
         backoff = Backoff()
         next_forget = time.monotonic() + 60.0
+        next_retry = 0.0
         while not self._stopping:
-            if self._down:
-                gevent.sleep(backoff.next())
+            now = time.monotonic()
+            if self._down and (now >= next_retry or self._retry_now):
+                self._retry_now = False
                 self._retry_down_nodes()
-                if not self._down:
+                if self._down:
+                    next_retry = now + backoff.next()
+                else:
                     backoff.reset()
             if not self._queue:
                 self._drained.set()
                 self._wake.clear()
-                self._wake.wait(0 if self._down else 60.0)
+                self._wake.wait(max(0.01, next_retry - now) if self._down else 60.0)
                 if time.monotonic() > next_forget:
                     next_forget = time.monotonic() + 60.0
                     self._forget_old_seqs()
@@ -770,7 +790,9 @@ class RedisBackplane:
         except RedisError as exc:
             # Never retried: Redis may have published part of the batch, and a retry would repeat it.
             # Receivers on this node lost their subscriptions too, or see the sequence jump: they catch up.
-            dropped = len(items) + sum(1 for n, _, _ in self._queue if n == node)
+            lost = [*(channel for channel, _ in items), *(c for n, c, _ in self._queue if n == node)]
+            dropped = len(lost)
+            self._behind.update(lost)
             self._queue = deque(item for item in self._queue if item[0] != node)
             self._down.add(node)
             self._publisher_up = False
@@ -797,6 +819,17 @@ class RedisBackplane:
             log.info("backplane: publishing to Redis %s again", node)
             self._down.discard(node)
         self._publisher_up = not self._down
+        self._mark_gaps()
+
+    def _mark_gaps(self) -> None:
+        """After an outage, one marker per channel whose events were not published, on the nodes that are
+        back: its sequence number shows receivers the jump at once (they catch up), even if the session
+        stays quiet from now on."""
+        for channel in [c for c in self._behind if self.nodes.node_of(c) not in self._down]:
+            self._behind.discard(channel)
+            session_id = session_of_channel(channel)
+            if session_id is not None:
+                self.publish(Event(session_id=session_id, text="", kind=RESYNC))
 
     def _forget_old_seqs(self) -> None:
         cutoff = time.monotonic() - SEQ_FORGET_AFTER

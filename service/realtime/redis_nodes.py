@@ -52,6 +52,15 @@ class RedisNodes:
             self.refresh()
         return self._slots[key_slot(key.encode())]
 
+    def same_slot_groups(self, names: list[str], size: int) -> list[list[str]]:
+        """`names` in groups of at most `size` that one SSUBSCRIBE may carry (a cluster wants one slot each)."""
+        if not self.cluster:
+            return [names[i:i + size] for i in range(0, len(names), size)]
+        by_slot: dict[int, list[str]] = {}
+        for name in names:
+            by_slot.setdefault(key_slot(name.encode()), []).append(name)
+        return [group[i:i + size] for group in by_slot.values() for i in range(0, len(group), size)]
+
     def nodes(self) -> list[str]:
         """Every node this backplane talks to (the masters of a cluster)."""
         if not self.cluster:
