@@ -30,7 +30,6 @@ Redis cannot deliver an event twice. See the README, "Several workers and hosts"
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import gevent.event
 import gevent.lock
+import orjson
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
@@ -104,7 +104,7 @@ class Backoff:
 
 
 def encode_envelope(origin: str, seq: int, event: Event) -> bytes:
-    return f"{origin} {seq} {event.to_json()}".encode()
+    return b"%s %d %s" % (origin.encode(), seq, event.to_json_bytes())
 
 
 def decode_envelope(raw: bytes) -> tuple[str, int, bytes]:
@@ -115,7 +115,7 @@ def decode_envelope(raw: bytes) -> tuple[str, int, bytes]:
 
 def event_from_json(body: bytes) -> Event:
     """An Event from the wire, ignoring fields a newer node may add."""
-    data = json.loads(body)
+    data = orjson.loads(body)
     if not isinstance(data, dict):
         raise ValueError("event is not an object")
     return Event(**{k: v for k, v in data.items() if k in _EVENT_FIELDS})
@@ -267,6 +267,7 @@ class RedisBackplane:
         self._listening_nodes: dict[str, bool] = {}
         self._last_seq: dict[str, dict[str, tuple[int, float]]] = {}  # channel -> origin -> (seq, seen)
         self._next_forget = 0.0
+        self._own: tuple[str, bytes] = ("", b"")
         self._scripts: dict[str, Any] = {}
         self._presence_synced: dict[int, set[str]] = {}
         self._presence_full = True
@@ -363,6 +364,13 @@ class RedisBackplane:
                        timeout=1.0)
         self._withdraw_presence()
         self.nodes.disconnect()
+
+    @property
+    def _own_prefix(self) -> bytes:
+        prefix = self._own
+        if prefix[0] != self.node_id:
+            prefix = self._own = (self.node_id, f"{self.node_id} ".encode())
+        return prefix[1]
 
     @property
     def _listening(self) -> bool:
@@ -578,6 +586,8 @@ class RedisBackplane:
 
     def _receive(self, raw: bytes, now: float, channel: str = "") -> None:
         """One event from a channel: skip our own, drop repeats, catch up after a gap, deliver locally."""
+        if raw.startswith(self._own_prefix):
+            return  # our own event, delivered here when it was published (every member's worker hears it)
         try:
             origin, seq, body = decode_envelope(raw)
         except (ValueError, UnicodeDecodeError):

@@ -14,6 +14,8 @@ import logging
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
+import orjson
+
 from .catchup import DELIVER, CatchUp, History
 from .registry import Registry
 
@@ -42,12 +44,22 @@ class Event:
     user_id: int | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        return self.to_json_bytes().decode()
+
+    def to_json_bytes(self) -> bytes:
+        """The event as compact JSON, for the backplane (orjson: several times faster than asdict + json)."""
+        try:
+            return orjson.dumps({name: getattr(self, name) for name in _FIELDS})
+        except (TypeError, orjson.JSONEncodeError):  # e.g. an id beyond 64 bits
+            return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Event:
         data: dict[str, Any] = json.loads(raw)
         return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
+
+
+_FIELDS = tuple(Event.__dataclass_fields__)
 
 
 class Backplane(Protocol):
