@@ -510,9 +510,13 @@ async def routing(opts: Namespace) -> list[dict]:
                         await drain(warm, 5.0)
                         tally = measure_all(peers)
                         cpu = CpuClock([*service.process.workers(), *(redis_proc if workers > 1 else [])])
+                        recorder = Recorder(opts.profile, f"routing-{workers}", [p.pid for p in
+                                                                                 service.process.workers()],
+                                            opts.duration)
                         await closed_loop(customers, opts.in_flight, opts.duration, tally)
                         await drain(tally, 10.0)
                         row = per_message({**tally.summary(), **cpu.read()})
+                        await asyncio.to_thread(recorder.wait)
                         close_all(peers)
                         return row
                     finally:
