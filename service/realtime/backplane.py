@@ -259,6 +259,7 @@ class RedisBackplane:
         self._publisher_up = True  # optimistic until a command fails
         self._down: set[str] = set()  # nodes the publisher cannot reach now
         self._retry_now = False
+        self._publishers: dict[str, Any] = {}  # node -> the publisher's connection there
         self._behind: set[str] = set()  # channels with events not published: a marker follows on recovery
         self._channels: dict[str, Channel] = {}
         self._sessions: dict[int, Channel] = {}
@@ -363,6 +364,8 @@ class RedisBackplane:
         gevent.killall([*self._greenlets, *(s.greenlet for s in self._subscribers.values() if s.greenlet)],
                        timeout=1.0)
         self._withdraw_presence()
+        for connection in self._publishers.values():
+            connection.disconnect()
         self.nodes.disconnect()
 
     @property
@@ -793,11 +796,21 @@ class RedisBackplane:
             self._publish_failed(len(items))
             return
         try:
-            pipe = self.nodes.client(node).pipeline(transaction=False)
-            for channel, payload in items:
-                pipe.spublish(channel, payload)
-            pipe.execute()
-        except RedisError as exc:
+            # One connection per node of the publisher's own (no pool, no pipeline object): one write and
+            # the replies read back, per node per batch.
+            connection = self._publishers.get(node)
+            if connection is None:
+                connection = self._publishers[node] = self.nodes.connection(node)
+            connection.send_packed_command(
+                connection.pack_commands([("SPUBLISH", channel, payload) for channel, payload in items]),
+                check_health=False,
+            )
+            for _ in items:
+                connection.read_response()  # an error reply (MOVED, CLUSTERDOWN) raises ResponseError
+        except (RedisError, OSError) as exc:
+            broken = self._publishers.pop(node, None)
+            if broken is not None:
+                broken.disconnect()
             # Never retried: Redis may have published part of the batch, and a retry would repeat it.
             # Receivers on this node lost their subscriptions too, or see the sequence jump: they catch up.
             lost = [*(channel for channel, _ in items), *(c for n, c, _ in self._queue if n == node)]
