@@ -525,21 +525,22 @@ async def routing(opts: Namespace) -> list[dict]:
                 rows.append({"scenario": "routing", "workers": workers, "tree": _tree_label(root),
                              **await repeat(opts, once)})
         if opts.bystander:
-            rows.append(await bystander(opts, redis))
+            for root in trees:
+                rows.append(await bystander(opts, redis, root))
     finally:
         await asyncio.to_thread(redis.stop)
     print(routing_table(rows), file=sys.stderr)
     return rows
 
 
-async def bystander(opts: Namespace, redis: Process) -> dict:
+async def bystander(opts: Namespace, redis: Process, root: Path = ROOT) -> dict:
     """Three one-worker instances of one deployment: customers on A, agents on B at --rate msg/s, and C holding
     --connections idle authenticated connections and no member of those sessions. C's CPU is the figure."""
     db = await asyncio.to_thread(create_mariadb_database)
     prefix = f"chat-bench-{uuid.uuid4().hex[:10]}"
     redis_url = f"redis://127.0.0.1:{redis.port}/0"
     services = [ChatService(database="mariadb", redis=True, redis_url=redis_url, cpus=opts.server_cpus,
-                            shared_db=db, redis_prefix=prefix) for _ in range(3)]
+                            shared_db=db, redis_prefix=prefix, root=root) for _ in range(3)]
     try:
         for service in services:
             await asyncio.to_thread(service.start)
@@ -567,7 +568,7 @@ async def bystander(opts: Namespace, redis: Process) -> dict:
         await drain(tally, 10.0)
         row = {**tally.summary(opts.rate), **cpu.read()}
         close_all(peers + idle)
-        return {"scenario": "routing-bystander", "idle_connections": len(idle),
+        return {"scenario": "routing-bystander", "tree": _tree_label(root), "idle_connections": len(idle),
                 "bystander_cpu_pct": row.pop("worker2_cpu_pct"), "busy_a_cpu_pct": row.pop("worker0_cpu_pct"),
                 "busy_b_cpu_pct": row.pop("worker1_cpu_pct"), **row}
     finally:
@@ -592,8 +593,8 @@ def routing_table(rows: list[dict]) -> str:
                      f"{r['reordered']} |")
     for r in rows:
         if r["scenario"] == "routing-bystander":
-            lines.append(f"\nbystander worker with {r['idle_connections']} idle authenticated connections: "
-                         f"{r['bystander_cpu_pct']}% of a core while the two busy workers carried "
+            lines.append(f"\n{r['tree']}: bystander worker with {r['idle_connections']} idle authenticated "
+                         f"connections: {r['bystander_cpu_pct']}% of a core while the two busy workers carried "
                          f"{r['delivered_msg_s']:,.0f} msg/s (offered {r['offered_msg_s']:,.0f}; lost {r['lost']}, "
                          f"duplicated {r['duplicated']}, reordered {r['reordered']}; busy workers "
                          f"{r['busy_a_cpu_pct']}% and {r['busy_b_cpu_pct']}%)")
