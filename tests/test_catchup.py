@@ -188,3 +188,18 @@ def test_user_events_reach_every_connection_of_the_user_and_travel_on_its_channe
     assert channel == "p:u:{u5}" and decode_envelope(payload)[:2] == ("here", 1)
     assert backplane.session_channel(42) == "p:s:{42}" and session_of_channel("p:s:{42}") == 42
     assert backplane._presence_key(42) == "p:presence:{42}"
+
+
+def test_a_sender_outside_the_room_gets_its_copy_even_when_a_catch_up_gave_the_room_the_message() -> None:
+    """The room had the message from the database first; the publish that follows still reaches its sender."""
+    settings = load_settings({"REDIS_URL": "redis://127.0.0.1:1/0"}, environ={"CHAT_ENV_FILE": str(NO_ENV)})
+    registry = Registry()
+    member, sender = Member("here-1"), Member("here-2")
+    for conn in (member, sender):
+        registry.add(conn)
+    registry.join(member, 7)
+    fanout = Fanout(registry, "here", RedisBackplane(settings), History([21]))
+    fanout.resync(7, since=0.0)
+    fanout.catch_up._catch_up(7)
+    fanout._deliver(Event(session_id=7, text="own 21", kind="new_message", message_id=21, include="here-2"))
+    assert len(member.frames) == 1 and sender.frames == ["own 21"]

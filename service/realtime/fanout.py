@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from .catchup import DELIVER, CatchUp, History
+from .catchup import DELIVER, DROP, CatchUp, History
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,14 @@ class Fanout:
     def _deliver(self, event: Event) -> int:
         if event.user_id is not None:
             return self.registry.deliver_to_user(event.user_id, event.text)
-        if self.catch_up is not None and self.catch_up.admit(event) != DELIVER:
-            return 0
+        if self.catch_up is not None:
+            verdict = self.catch_up.admit(event)
+            if verdict == DROP and event.include is not None:
+                # A catch-up gave the room this message before its sender's greenlet published it: the room
+                # has it, but a sender outside the room still needs its own copy.
+                return self.registry.deliver_outside(event.session_id, event.include, event.text, event.message_id)
+            if verdict != DELIVER:
+                return 0
         return self._hand_over(event)
 
     def _hand_over(self, event: Event) -> int:

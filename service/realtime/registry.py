@@ -155,6 +155,13 @@ class Registry:
                 sent += extra.send_event(text, message_id)
         return sent
 
+    def deliver_outside(self, session_id: int, connection_id: str, text: str, message_id: int | None = None) -> int:
+        """Send `text` to one connection here unless it is in the session's room (which had it already)."""
+        conn = self._connections.get(connection_id)
+        if conn is None or conn.session_id == session_id:
+            return 0
+        return int(conn.send_event(text, message_id))
+
     def has_room(self, session_id: int) -> bool:
         return session_id in self._rooms
 
