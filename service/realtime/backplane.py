@@ -767,6 +767,7 @@ class RedisBackplane:
         backoff = Backoff()
         next_forget = time.monotonic() + 60.0
         next_retry = 0.0
+        self._connect_publishers()
         while not self._stopping:
             now = time.monotonic()
             if self._down and (now >= next_retry or self._retry_now):
@@ -790,6 +791,19 @@ class RedisBackplane:
                 by_node.setdefault(node, []).append((channel, payload))
             for node, items in by_node.items():
                 self._publish_to(node, items)
+
+    def _connect_publishers(self) -> None:
+        """Open the publisher's connections before the first event: a first publish that had to connect
+        (several round trips) could be overtaken by the next message of an HTTP client posting elsewhere."""
+        for node in self.nodes.nodes():
+            if node in self._publishers:
+                continue
+            connection = self.nodes.connection(node)
+            try:
+                connection.connect()
+            except (RedisError, OSError):
+                continue  # connected on first use instead
+            self._publishers[node] = connection
 
     def _publish_to(self, node: str, items: list[tuple[str, bytes]]) -> None:
         if node in self._down:
@@ -842,6 +856,7 @@ class RedisBackplane:
             log.info("backplane: publishing to Redis %s again", node)
             self._down.discard(node)
         self._publisher_up = not self._down
+        self._connect_publishers()
         self._mark_gaps()
 
     def _mark_gaps(self) -> None:
