@@ -169,16 +169,22 @@ def test_a_legacy_join_hears_every_message_stored_after_its_answer(three_instanc
 
         listener = threading.Thread(target=join_and_listen)
         listener.start()
-        for seq in [*range(per_sender), -1]:
+        seq, deadline = 0, time.monotonic() + 60
+        # Send on until the joiner has joined and `per_sender` more messages went after it (a loaded
+        # machine may start the joiner late).
+        while time.monotonic() < deadline and (len(sent_at) < per_sender or not joined_at
+                                               or sum(at > joined_at[0] for at in sent_at) < per_sender):
             sent_at.append(time.monotonic())
             sender.say(session_id, f"m {seq}")
+            seq += 1
             time.sleep(0.004)  # pacing the sender
+        sender.say(session_id, "m -1")
         listener.join(60)
         sender.close()
         if not joined_at:
             failures.append(f"session {n}: never joined")
             return
-        owed = [seq for seq, at in enumerate(sent_at[:per_sender]) if at > joined_at[0]]
+        owed = [seq for seq, at in enumerate(sent_at) if at > joined_at[0]]
         missing = sorted(set(owed) - set(got))
         if missing or len(got) != len(set(got)) or got != sorted(got):
             failures.append(f"session {n}: owed {len(owed)}, missing {missing}, got {got}")
