@@ -29,6 +29,7 @@ DEFAULTS = {  # per scenario: sessions, rate, duration
     "insert-baseline": {"duration": 3.0},
     "writer": {"sessions": 400, "duration": 5.0},
     "replay": {"sessions": 1000, "duration": 6.0},
+    "routing": {"sessions": 50, "rate": 2000, "duration": 5.0},
 }
 
 
@@ -63,6 +64,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--hostile", type=int, default=5, help="replay: sockets that never read and ask for replays")
     p.add_argument("--replays", type=int, default=3, help="replay: replays each hostile socket asks for")
     p.add_argument("--content-chars", type=int, default=5000, help="replay: emoji per replayed message")
+    p.add_argument("--worker-counts", default="1,2,4", help="routing: worker counts of the table")
+    p.add_argument("--compare", default="",
+                   help="routing: comma list of other checkouts (e.g. /work/main) measured side by side")
+    p.add_argument("--no-bystander", dest="bystander", action="store_false",
+                   help="routing: skip the bystander measurement")
     p.add_argument("--profile", metavar="DIR", help="py-spy the workers during the measured interval into DIR")
     p.add_argument("--json", help="append result rows to this JSON-lines file")
     p.add_argument("-v", "--verbose", action="store_true", help="print every run and ramp step")
@@ -73,7 +79,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     opts.sessions = opts.sessions or 100
     opts.rate = opts.rate or 1000.0
     opts.duration = opts.duration or 5.0
-    opts.in_flight = opts.in_flight or (4 if opts.scenario == "fairness" else 1)
+    opts.in_flight = opts.in_flight or {"fairness": 4, "routing": 2}.get(opts.scenario, 1)
+    if opts.scenario == "routing" and opts.connections == 10_000:
+        opts.connections = 1000  # the bystander's idle connections
     opts.servers = [s for s in opts.servers.split(",") if s]
     if opts.workers > 1 and not opts.redis and not opts.url:
         p.error("--workers > 1 needs --redis (the service refuses to start otherwise)")

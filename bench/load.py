@@ -37,6 +37,7 @@ class Tally:
     expected: int = 0
     received: int = 0
     duplicates: int = 0
+    reordered: int = 0  # receipts whose sender sequence went backwards at that receiver
     errors: int = 0
     latencies: list[int] = field(default_factory=list)
     started: int = 0
@@ -62,6 +63,7 @@ class Tally:
             "received": self.received,
             "lost": max(0, self.expected - self.received),
             "duplicated": self.duplicates,
+            "reordered": self.reordered,
             "errors": self.errors,
         }
 
@@ -78,6 +80,8 @@ class Peer:
         self.room: list[Peer] = []
         self.seq = 0
         self.seen: set[int] = set()
+        self.last_seq: dict[int, int] = {}  # sender index -> highest sequence received from it
+        self.connection_id = ""
         self.tally: Tally | None = None
         self.on_own: Callable[[], None] | None = None  # closed loop: called when our own message comes back
         self.chat = True
@@ -86,8 +90,13 @@ class Peer:
         """Connect; the chat route greets with `connected`, echo servers say nothing first."""
         self.ws = await connect(host, port, path, self._setup_message)
         if greeted:
-            await self.expect(b"connected")
+            self.connection_id = (await self.expect(b"connected")).get("connection_id", "")
         return self
+
+    @property
+    def node(self) -> str:
+        """The worker process this connection landed on (connection ids are NODE-SEQUENCE)."""
+        return self.connection_id.rsplit("-", 1)[0]
 
     def _setup_message(self, data: bytes) -> None:
         self.inbox.append(data)
@@ -162,11 +171,16 @@ class Peer:
 
     def _count(self, content: str, now: int, tally: Tally) -> None:
         sender, seq, sent_at = content.split(" ")
-        key = int(sender) << 32 | int(seq)
+        sender_index, number = int(sender), int(seq)
+        key = sender_index << 32 | number
         if key in self.seen:
             tally.duplicates += 1
             return
         self.seen.add(key)
+        if number < self.last_seq.get(sender_index, 0):
+            tally.reordered += 1
+        else:
+            self.last_seq[sender_index] = number
         tally.received += 1
         tally.last_receipt = now
         tally.latencies.append(now - int(sent_at))

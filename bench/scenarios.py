@@ -9,16 +9,27 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from argparse import Namespace
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import urlparse
 
 import orjson
 
 from .load import CpuClock, Peer, Tally, closed_loop, drain, gather_bounded, paced, per_message, percentile, perf_ns
 from .profile import Recorder
-from .services import ROOT, ChatService, Process, create_mariadb_database, pinned, start_baseline
+from .services import (
+    ROOT,
+    ChatService,
+    Process,
+    create_mariadb_database,
+    drop_mariadb_database,
+    pinned,
+    start_baseline,
+    start_redis,
+)
 
 AGENT_ID = 900_000_001
 
@@ -492,6 +503,187 @@ async def replay(opts: Namespace) -> list[dict]:
 
     return [{"scenario": "replay", "target": Target(opts).label(), **await repeat(opts, once)}]
 
+# -- routing: the cost of a message as workers are added, and a bystander --------------------------------------
+
+
+async def placed(host: str, port: int, quotas: dict[int, int], workers: int, attempts: int = 4000
+                 ) -> dict[int, list[Peer]]:
+    """Connections spread so that worker slot k (0..workers-1) holds quotas[k] of them.
+
+    Workers share one listening socket and the kernel picks who accepts: connect in small batches, keep
+    what fills a slot (slots are given to worker processes in the order they first show up), close the rest.
+    """
+    slots: dict[str, int] = {}
+    out: dict[int, list[Peer]] = {k: [] for k in range(workers)}
+    spare: list[Peer] = []
+    index = 0
+    while any(len(out[k]) < quotas[k] for k in out) and index < attempts:
+        batch = [Peer(10_000 + index + i) for i in range(20)]
+        index += 20
+        await gather_bounded([p.open(host, port) for p in batch])
+        for peer in batch:
+            slot = slots.get(peer.node)
+            if slot is None and len(slots) < workers:
+                slot = slots[peer.node] = len(slots)
+            if slot is not None and len(out[slot]) < quotas[slot]:
+                out[slot].append(peer)
+            else:
+                spare.append(peer)
+    close_all(spare)
+    if any(len(out[k]) < quotas[k] for k in out):
+        raise RuntimeError(f"could not place connections on {workers} workers: {[len(v) for v in out.values()]}")
+    return out
+
+
+async def split_rooms(service: ChatService, sessions: int, workers: int, agent_id: int
+                      ) -> tuple[list[Peer], list[Peer]]:
+    """`sessions` rooms whose customer is on worker i % N and agent on worker (i + 1) % N."""
+    per = {k: 0 for k in range(workers)}
+    for i in range(sessions):
+        per[i % workers] += 1
+        per[(i + 1) % workers] += 1
+    pools = await placed("127.0.0.1", service.port, per, workers)
+    base = user_base()
+    session_ids = await asyncio.to_thread(lambda: [service.open_session(base + i) for i in range(sessions)])
+    customers, agents = [], []
+    for i in range(sessions):
+        customer, agent = pools[i % workers].pop(), pools[(i + 1) % workers].pop()
+        customer.index, agent.index = i, sessions + i
+        customers.append(customer)
+        agents.append(agent)
+
+    async def ready(peer: Peer, user_id: int, session_id: int) -> None:
+        await peer.auth(user_id)
+        await peer.join(session_id)
+
+    await gather_bounded([ready(c, base + i, session_ids[i]) for i, c in enumerate(customers)]
+                         + [ready(a, agent_id, session_ids[i]) for i, a in enumerate(agents)])
+    for c, a in zip(customers, agents, strict=True):
+        c.room = [c, a]
+    return customers, agents
+
+
+def _tree_label(root: Path) -> str:
+    return "this tree" if root == ROOT else str(root)
+
+
+async def routing(opts: Namespace) -> list[dict]:
+    """CPU per stored and delivered message for 1, 2, 4 workers (all workers + Redis, one core), closed loop
+    of --sessions x --in-flight with customer and agent on different workers, MariaDB; then a bystander
+    worker with --connections idle authenticated connections while two others carry --rate msg/s."""
+    trees = [ROOT, *(Path(t) for t in opts.compare.split(",") if t)] if opts.compare else [ROOT]
+    counts = [int(n) for n in opts.worker_counts.split(",")]
+    redis = await asyncio.to_thread(start_redis, opts.server_cpus)
+    redis_proc = redis.workers()
+    redis_url = f"redis://127.0.0.1:{redis.port}/0"
+    rows: list[dict] = []
+    try:
+        for workers in counts:  # side by side: each count for every tree before the next count
+            for root in trees:
+
+                async def once(workers: int = workers, root: Path = root) -> dict:
+                    service = ChatService(database="mariadb", workers=workers, redis=workers > 1,
+                                          redis_url=redis_url, cpus=opts.server_cpus, root=root)
+                    await asyncio.to_thread(service.start)
+                    try:
+                        await asyncio.to_thread(service.add_agent, opts.agent_id)
+                        customers, agents = await split_rooms(service, opts.sessions, workers, opts.agent_id)
+                        peers = customers + agents
+                        warm = measure_all(peers)
+                        await closed_loop(customers, opts.in_flight, 1.0, warm)
+                        await drain(warm, 5.0)
+                        tally = measure_all(peers)
+                        cpu = CpuClock([*service.process.workers(), *(redis_proc if workers > 1 else [])])
+                        recorder = Recorder(opts.profile, f"routing-{workers}", [p.pid for p in
+                                                                                 service.process.workers()],
+                                            opts.duration)
+                        await closed_loop(customers, opts.in_flight, opts.duration, tally)
+                        await drain(tally, 10.0)
+                        row = per_message({**tally.summary(), **cpu.read()})
+                        await asyncio.to_thread(recorder.wait)
+                        close_all(peers)
+                        return row
+                    finally:
+                        await asyncio.to_thread(service.stop)
+
+                rows.append({"scenario": "routing", "workers": workers, "tree": _tree_label(root),
+                             **await repeat(opts, once)})
+        if opts.bystander:
+            for root in trees:
+                rows.append(await bystander(opts, redis, root))
+    finally:
+        await asyncio.to_thread(redis.stop)
+    print(routing_table(rows), file=sys.stderr)
+    return rows
+
+
+async def bystander(opts: Namespace, redis: Process, root: Path = ROOT) -> dict:
+    """Three one-worker instances of one deployment: customers on A, agents on B at --rate msg/s, and C holding
+    --connections idle authenticated connections and no member of those sessions. C's CPU is the figure."""
+    db = await asyncio.to_thread(create_mariadb_database)
+    prefix = f"chat-bench-{uuid.uuid4().hex[:10]}"
+    redis_url = f"redis://127.0.0.1:{redis.port}/0"
+    services = [ChatService(database="mariadb", redis=True, redis_url=redis_url, cpus=opts.server_cpus,
+                            shared_db=db, redis_prefix=prefix, root=root) for _ in range(3)]
+    try:
+        for service in services:
+            await asyncio.to_thread(service.start)
+        await asyncio.to_thread(services[0].add_agent, opts.agent_id)
+        a, b, c = services
+        base = user_base()
+        idle = await gather_bounded([Peer(50_000 + i).open("127.0.0.1", c.port) for i in range(opts.connections)])
+        await gather_bounded([p.auth(base + 500_000 + i) for i, p in enumerate(idle)])
+        session_ids = await asyncio.to_thread(lambda: [a.open_session(base + i) for i in range(opts.sessions)])
+        customers = [await Peer(i).open("127.0.0.1", a.port) for i in range(opts.sessions)]
+        agents = [await Peer(opts.sessions + i).open("127.0.0.1", b.port) for i in range(opts.sessions)]
+        for i, (customer, agent) in enumerate(zip(customers, agents, strict=True)):
+            await customer.auth(base + i)
+            await customer.join(session_ids[i])
+            await agent.auth(opts.agent_id)
+            await agent.join(session_ids[i])
+            customer.room = [customer, agent]
+        peers = customers + agents
+        warm = measure_all(peers)
+        await paced(customers, opts.rate, 1.0, warm)
+        await drain(warm, 5.0)
+        tally = measure_all(peers)
+        cpu = CpuClock([*a.process.workers(), *b.process.workers(), *c.process.workers()])
+        await paced(customers, opts.rate, opts.duration, tally)
+        await drain(tally, 10.0)
+        row = {**tally.summary(opts.rate), **cpu.read()}
+        close_all(peers + idle)
+        return {"scenario": "routing-bystander", "tree": _tree_label(root), "idle_connections": len(idle),
+                "bystander_cpu_pct": row.pop("worker2_cpu_pct"), "busy_a_cpu_pct": row.pop("worker0_cpu_pct"),
+                "busy_b_cpu_pct": row.pop("worker1_cpu_pct"), **row}
+    finally:
+        for service in services:
+            await asyncio.to_thread(service.stop)
+        await asyncio.to_thread(drop_mariadb_database, db)
+
+
+def routing_table(rows: list[dict]) -> str:
+    """The issue's table: workers, msg/s, CPU µs per message (workers + Redis), ratio to one worker, losses."""
+    lines = ["| workers | tree | msg/s | CPU µs per message | vs 1 worker | lost | duplicated | reordered |",
+             "|---|---|---|---|---|---|---|---|"]
+    one = {r["tree"]: r.get("server_us_per_msg", 0) for r in rows if r.get("workers") == 1}
+    for r in rows:
+        if r["scenario"] != "routing":
+            continue
+        base = one.get(r["tree"]) or 0
+        ratio = f"{r['server_us_per_msg'] / base:.2f}x" if base else "-"
+        redis = " + Redis" if r["workers"] > 1 else ""
+        lines.append(f"| {r['workers']}{redis} | {r['tree']} | {r['delivered_msg_s']:,.0f} | "
+                     f"{r['server_us_per_msg']:.0f} | {ratio} | {r['lost']} | {r['duplicated']} | "
+                     f"{r['reordered']} |")
+    for r in rows:
+        if r["scenario"] == "routing-bystander":
+            lines.append(f"\n{r['tree']}: bystander worker with {r['idle_connections']} idle authenticated "
+                         f"connections: {r['bystander_cpu_pct']}% of a core while the two busy workers carried "
+                         f"{r['delivered_msg_s']:,.0f} msg/s (offered {r['offered_msg_s']:,.0f}; lost {r['lost']}, "
+                         f"duplicated {r['duplicated']}, reordered {r['reordered']}; busy workers "
+                         f"{r['busy_a_cpu_pct']}% and {r['busy_b_cpu_pct']}%)")
+    return "\n".join(lines)
+
 
 SCENARIOS = {
     "throughput": throughput,
@@ -503,4 +695,5 @@ SCENARIOS = {
     "insert-baseline": pymysql_baseline,
     "writer": writer,
     "replay": replay,
+    "routing": routing,
 }

@@ -86,10 +86,11 @@ class Process:
     port: int
     log_path: Path
     proc: subprocess.Popen | None = None
+    cwd: Path = ROOT
 
     def start(self, ready_path: str | None = "/healthz", timeout: float = 30.0) -> Process:
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -145,11 +146,14 @@ class ChatService:
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     echo_path: str = "/echo"
+    redis_url: str = ""  # a Redis of the bench's own instead of BENCH_REDIS_URL
+    root: Path = ROOT  # the source tree served (another checkout, to compare side by side)
+    shared_db: str | None = None  # a MariaDB database of another ChatService (several instances, one deployment)
+    redis_prefix: str = field(default_factory=lambda: f"chat-bench-{uuid.uuid4().hex[:10]}")
 
     def __post_init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
-        self.redis_prefix = f"chat-bench-{uuid.uuid4().hex[:10]}"
-        self.db_name: str | None = None
+        self.db_name: str | None = self.shared_db
         self.process: Process | None = None
 
     @property
@@ -165,7 +169,7 @@ class ChatService:
             WEBSOCKET_WORKER_COUNT=self.workers,
             WORKER_CONNECTIONS=20000,
             DATABASE_URL=self.database_url,
-            REDIS_URL=REDIS_URL if self.redis else "",
+            REDIS_URL=(self.redis_url or REDIS_URL) if self.redis else "",
             # Our own channels and keys: other servers on this Redis (tests, other runs) must not feed this one.
             REDIS_CHANNEL_PREFIX=self.redis_prefix,
             RATE_LIMIT=0,  # unlimited: the limiter is not what is measured
@@ -180,23 +184,23 @@ class ChatService:
         )
 
     def start(self) -> ChatService:
-        if self.database == "mariadb":
+        if self.database == "mariadb" and self.db_name is None:
             self.db_name = create_mariadb_database()
         argv = pinned(self.cpus, [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app",
                                   "--access-logfile", "/dev/null"])
-        self.process = Process(argv, self.env(), self.port, self.dir / "server.log").start()
+        self.process = Process(argv, self.env(), self.port, self.dir / "server.log", cwd=self.root).start()
         return self
 
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
-        if self.db_name:
+        if self.db_name and self.db_name != self.shared_db:
             drop_mariadb_database(self.db_name)
             self.db_name = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def add_agent(self, user_id: int) -> None:
-        result = subprocess.run([sys.executable, "-m", "service", "agent", "add", str(user_id)], cwd=ROOT,
+        result = subprocess.run([sys.executable, "-m", "service", "agent", "add", str(user_id)], cwd=self.root,
                                 env=self.env(), capture_output=True, text=True, timeout=60)
         if result.returncode != 0:
             raise RuntimeError(f"agent add failed: {result.stderr.strip()}")
@@ -248,3 +252,12 @@ def start_baseline(kind: str, cpus: str | None = "0") -> Process:
     else:
         raise ValueError(kind)
     return Process(pinned(cpus, argv), env, port, log_path).start(ready)
+
+
+def start_redis(cpus: str | None = "0") -> Process:
+    """A redis-server of the bench's own (never a shared one), pinned with the servers, no persistence."""
+    port = free_port()
+    directory = Path(tempfile.mkdtemp(prefix="chat-bench-redis-"))
+    argv = pinned(cpus, ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                         "no", "--dir", str(directory), "--logfile", str(directory / "redis.log")])
+    return Process(argv, clean_env(), port, directory / "stdout.log").start(None)

@@ -58,13 +58,14 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.json.compact = True  # type: ignore[attr-defined]
 
     storage = init_storage(app, settings)
-    registry = Registry()
     backplane = None
     if settings.redis_url:
         from .realtime.backplane import RedisBackplane  # noqa: PLC0415  (redis only when configured)
 
         backplane = RedisBackplane(settings)
-    fanout = Fanout(registry, make_node_id(), backplane=backplane)
+    # The backplane hears the registry's room changes: it subscribes to exactly the sessions and users here.
+    registry = Registry(watcher=backplane)
+    fanout = Fanout(registry, make_node_id(), backplane=backplane, history=storage)
     writer = MessageWriter(storage, settings.writer_batch, settings.writer_concurrency)
     metrics = Metrics()
     if backplane is not None:

@@ -173,6 +173,10 @@ class Settings:
     redis_channel_prefix: str = setting(
         "REDIS_CHANNEL_PREFIX", "chat", _redis_prefix, "Redis channel and key prefix; one per deployment."
     )
+    redis_cluster: bool = setting(
+        "REDIS_CLUSTER", "false", _bool,
+        "REDIS_URL names any node of a Redis Cluster (7+): sharded pub/sub, keys hash-tagged by session.",
+    )
     redis_timeout: float = setting(
         "REDIS_TIMEOUT", "1", _float(0.05, 30), "Seconds a Redis command may take before it counts as failed."
     )

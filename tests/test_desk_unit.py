@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from service.auth import Identity
 from service.desk.leases import LocalLeases
 from service.realtime.fanout import Event, Fanout
 from service.realtime.registry import Registry
@@ -13,8 +14,12 @@ class Member:
     def __init__(self, connection_id: str, user_id: int | None) -> None:
         self.connection_id = connection_id
         self.session_id: int | None = None
-        self.user_id = user_id
+        self.identity = Identity(user_id) if user_id is not None else None
         self.frames: list[str] = []
+
+    @property
+    def user_id(self) -> int | None:
+        return self.identity.user_id if self.identity is not None else None
 
     def send_text(self, text: str) -> bool:
         self.frames.append(text)
@@ -30,8 +35,7 @@ class Member:
 def connected(registry: Registry, connection_id: str, user_id: int) -> Member:
     member = Member(connection_id, None)
     registry.add(member)
-    member.user_id = user_id
-    registry.user_changed(member, None)
+    registry.set_identity(member, Identity(user_id))
     return member
 
 
@@ -54,8 +58,7 @@ def test_the_user_index_follows_auth_and_disconnect() -> None:
     registry = Registry()
     member = connected(registry, "c1", 5)
     assert registry.users() == [5]
-    member.user_id = 6
-    registry.user_changed(member, 5)
+    registry.set_identity(member, Identity(6))
     assert registry.users() == [6] and registry.deliver_to_user(5, "x") == 0
     registry.remove(member)
     assert registry.users() == [] and registry.deliver_to_user(6, "x") == 0
@@ -130,3 +133,27 @@ def test_load_samples_and_desk_figures_on_sqlite(tmp_path) -> None:
     assert report["totals"]["transfers"] == 1 and report["totals"]["idle_closes"] == 0
     assert {a["agent_id"]: a["load_max"] for a in report["agents"]} == {7: 1, 8: 1}
     assert [w.session_id for w in store.queue()] == [third.id]
+
+
+def test_redis_leases_work_on_a_redis_cluster(tmp_path) -> None:
+    """REDIS_CLUSTER=true: each agent's lease key lives in one slot, so holding and reading leases of agents
+    spread over every master of a real 3-master cluster works like on one Redis."""
+    from types import SimpleNamespace
+
+    from redis_servers import RedisCluster, need_redis_server
+
+    from service.desk.leases import RedisLeases
+
+    need_redis_server()
+    cluster = RedisCluster(tmp_path / "cluster")
+    try:
+        cluster.start()
+        settings = SimpleNamespace(redis_url=cluster.url, redis_cluster=True, redis_timeout=2.0,
+                                   redis_channel_prefix="test-cluster-leases")
+        leases = RedisLeases.from_settings(settings)
+        agents = list(range(1, 31))  # enough ids for their keys to fall on every master
+        assert len({leases.redis.keyslot(leases.key(a)) // 5462 for a in agents}) == 3
+        assert leases.hold(agents, "node-a", 30)
+        assert leases.live([*agents, 99]) == {**dict.fromkeys(agents, True), 99: False}
+    finally:
+        cluster.stop()

@@ -223,3 +223,35 @@ def stop_all(servers: Sequence[Server]) -> None:
                 pass
     for server in servers:
         server.stop()
+
+
+def paced_exchange(pairs: Sequence[Pair], per_sender: int, interval: float, meanwhile: Callable[[], None],
+                   timeout: float = 90.0, tag: str | None = None) -> Tally:
+    """Like `exchange`, but every client sends one message each `interval` seconds while `meanwhile()` runs
+    (an outage, a restart); receivers then collect until every sender's end marker has come."""
+    tag = tag or f"p{fresh_id()}"
+    clients = [c for p in pairs for c in p.clients]
+    received: dict[str, list[tuple[str, int]]] = {c.connection_id: [] for c in clients}
+    deadline = time.monotonic() + timeout
+    receivers = [threading.Thread(target=_collect, args=(c, 2, deadline, tag, received[c.connection_id]))
+                 for c in clients]
+    for t in receivers:
+        t.start()
+
+    def send_all(pair: Pair, client: Client) -> None:
+        for seq in [*range(per_sender), END]:
+            client.say(pair.session_id, _content(tag, client, seq))
+            time.sleep(interval)  # pacing the load generator, not waiting for a result
+
+    senders = [threading.Thread(target=send_all, args=(p, c)) for p in pairs for c in p.clients]
+    for t in senders:
+        t.start()
+    meanwhile()
+    for t in senders + receivers:
+        t.join()
+    for client in clients:
+        for frame in client.barrier():
+            item = _parse(frame, tag)
+            if item is not None and item[1] != END:
+                received[client.connection_id].append(item)
+    return tally(pairs, per_sender, received)

@@ -77,14 +77,30 @@ class RedisLeases:
 
     @classmethod
     def from_settings(cls, settings: Any) -> RedisLeases:
+        """A client for REDIS_URL: on a Redis Cluster (REDIS_CLUSTER) one that routes each key to its node."""
         import redis
+        from redis.cluster import RedisCluster
 
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout,
-                                      socket_connect_timeout=settings.redis_timeout)
-        return cls(client, settings.redis_channel_prefix)
+        options = {"socket_timeout": settings.redis_timeout, "socket_connect_timeout": settings.redis_timeout}
+        if settings.redis_cluster:
+            return cls(RedisCluster.from_url(settings.redis_url, **options), settings.redis_channel_prefix)
+        return cls(redis.Redis.from_url(settings.redis_url, **options), settings.redis_channel_prefix)
+
+    def _each(self, user_ids: list[int], call: Any) -> list[Any]:
+        """`call(user_id, client)` for every id: in one pipeline on a single Redis; one by one on a cluster,
+        whose pipelines refuse scripts (each call then goes straight to the node of its key)."""
+        from redis.cluster import RedisCluster
+
+        if isinstance(self.redis, RedisCluster):
+            return [call(user_id, self.redis) for user_id in user_ids]
+        pipe = self.redis.pipeline(transaction=False)
+        for user_id in user_ids:
+            call(user_id, pipe)
+        return pipe.execute()
 
     def key(self, user_id: int) -> str:
-        return f"{self.prefix}:desk:lease:{user_id}"
+        """One key per agent, hash-tagged by agent (`{a42}`), so each script touches one slot of a cluster."""
+        return f"{self.prefix}:desk:lease:{{a{user_id}}}"
 
     def hold(self, user_ids: list[int], node_id: str, seconds: float) -> bool:
         from redis.exceptions import RedisError
@@ -92,10 +108,8 @@ class RedisLeases:
         if not user_ids:
             return True
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for user_id in user_ids:
-                self._hold(keys=[self.key(user_id)], args=[node_id, int(seconds * 1000)], client=pipe)
-            pipe.execute()
+            self._each(user_ids, lambda user_id, client: self._hold(
+                keys=[self.key(user_id)], args=[node_id, int(seconds * 1000)], client=client))
         except RedisError as exc:
             log.warning("desk: leases not renewed: %s", exc)
             return False
@@ -107,10 +121,7 @@ class RedisLeases:
         if not user_ids:
             return {}
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for user_id in user_ids:
-                self._live(keys=[self.key(user_id)], client=pipe)
-            counts = pipe.execute()
+            counts = self._each(user_ids, lambda user_id, client: self._live(keys=[self.key(user_id)], client=client))
         except RedisError as exc:
             log.warning("desk: leases not readable: %s", exc)
             return None

@@ -14,8 +14,9 @@ import gevent
 
 from ..errors import Problem, Refused
 from ..fields import client_message_id, id_is_missing, is_blank, message_content, parse_id
-from .protocol import ConnectionState, Handler, Reply, handler, require_identity, take_token
+from .protocol import ConnectionState, Handler, Reply, encode, handler, require_identity, take_token
 from .recovery import join_with_replay, replay_after
+from .websocket import CLOSE_POLICY
 
 if TYPE_CHECKING:
     from .hub import ChatHub
@@ -59,10 +60,7 @@ def ping(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -> list[R
 def auth(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -> list[Reply]:
     """Bind the connection to a user; a second auth re-binds it and leaves its session (no left_session)."""
     identity = ctx.auth.websocket_identity(message)
-    ctx.registry.leave(conn)
-    previous = conn.user_id
-    conn.identity = identity
-    ctx.registry.user_changed(conn, previous)
+    ctx.registry.set_identity(conn, identity)
     log.info("authenticated", extra={"connection_id": conn.connection_id, "user_id": identity.user_id})
     return [{"type": "auth_success", "user_id": identity.user_id}]
 
@@ -78,11 +76,25 @@ def join_session(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -
     if after_id is not None:
         ctx.claim_for_agent(identity, session)
         return join_with_replay(ctx, conn, session, after_id)
-    ctx.registry.join(conn, session_id)
-    ctx.claim_for_agent(identity, session)
+    # The join returns once this worker hears the session (its subscription is confirmed): events that
+    # arrive meanwhile wait, so that `joined_session` comes first and nothing stored after it is missed.
+    conn.hold_events()
+    try:
+        ctx.registry.join(conn, session_id)
+        ctx.claim_for_agent(identity, session)
+    finally:
+        held, overflow = conn.release_events()  # (at most a round trip to Redis: far below the bound)
+    if overflow:  # events were dropped while waiting: a gap the client must not mistake for none
+        conn.close(CLOSE_POLICY, "too slow")
     log.info("joined", extra={"connection_id": conn.connection_id, "user_id": identity.user_id,
                               "session_id": session_id})
-    return [{"type": "joined_session", "session_id": session_id}]
+    reply = {"type": "joined_session", "session_id": session_id}
+    if not held:
+        return [reply]
+    conn.send_text(encode(reply))
+    for text, message_id in held:
+        conn.send_event(text, message_id)
+    return []
 
 
 @handler("leave_session")

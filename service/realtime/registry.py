@@ -1,13 +1,18 @@
 """The one owner of this worker's connections and rooms (a room = the connections joined to a session).
 
 Only the registry mutates these maps; join, leave and disconnect keep them tidy (an empty room goes
-away), and readers get copies, so a broadcast never iterates a set another greenlet is changing.
+away), and readers get copies, so a broadcast never iterates a set another greenlet is changing. It also
+indexes connections by authenticated user, for events addressed to a user rather than a session.
+
+A `RoomWatcher` given at construction hears every change that decides what this worker must receive
+from the others: the backplane subscribes to a session's channel while its room here is not empty, and to a
+user's channel while that user has a connection here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Member(Protocol):
@@ -22,11 +27,29 @@ class Member(Protocol):
     def send_event(self, text: str, message_id: int | None = None) -> bool: ...
 
 
+class RoomWatcher(Protocol):
+    """Told of the room and user changes that decide which events this worker needs."""
+
+    def room_joined(self, session_id: int) -> None:
+        """A connection joined the session's room here; returns once the session's events are heard here.
+
+        Called on every join (not only the first), so that no join is answered before its room is live.
+        """
+        ...
+
+    def room_emptied(self, session_id: int) -> None: ...
+
+    def user_arrived(self, user_id: int) -> None: ...
+
+    def user_gone(self, user_id: int) -> None: ...
+
+
 class Registry:
-    def __init__(self) -> None:
+    def __init__(self, watcher: RoomWatcher | None = None) -> None:
         self._connections: dict[str, Member] = {}
         self._rooms: dict[int, set[Member]] = {}
-        self._users: dict[int, set[Member]] = {}  # user id -> this worker's connections authenticated as it
+        self._users: dict[int, set[Member]] = {}
+        self.watcher = watcher
         self.revision = 0  # bumped on every join and leave: presence mirrors rooms when it changes
 
     def add(self, conn: Member) -> None:
@@ -35,52 +58,50 @@ class Registry:
     def remove(self, conn: Member) -> None:
         """Forget a closed connection and leave its room."""
         self.leave(conn)
-        self._unbind(conn, conn.user_id)
+        self._forget_user(conn)
         self._connections.pop(conn.connection_id, None)
 
-    def user_changed(self, conn: Member, previous_user_id: int | None) -> None:
-        """Index `conn` under its (new) user after an auth; `previous_user_id` is who it was before."""
-        if previous_user_id == conn.user_id:
-            return
-        self._unbind(conn, previous_user_id)
-        if conn.user_id is not None:
-            self._users.setdefault(conn.user_id, set()).add(conn)
-
-    def _unbind(self, conn: Member, user_id: int | None) -> None:
+    def set_identity(self, conn: Any, identity: Any) -> None:
+        """Bind `conn` to a user (auth, or a second auth re-binding it): it leaves its room and its old user."""
+        self.leave(conn)
+        self._forget_user(conn)
+        conn.identity = identity
+        user_id = conn.user_id
         if user_id is None:
             return
-        conns = self._users.get(user_id)
-        if conns is not None:
-            conns.discard(conn)
-            if not conns:
-                del self._users[user_id]
+        users = self._users.get(user_id)
+        if users is None:
+            users = self._users[user_id] = set()
+            users.add(conn)
+            if self.watcher is not None:
+                self.watcher.user_arrived(user_id)
+        else:
+            users.add(conn)
 
-    def of_user(self, user_id: int) -> tuple[Member, ...]:
-        """A copy of this worker's connections authenticated as `user_id`."""
-        conns = self._users.get(user_id)
-        return tuple(conns) if conns else ()
-
-    def users(self) -> list[int]:
-        """The users with at least one connection on this worker."""
-        return list(self._users)
-
-    def deliver_to_user(self, user_id: int, text: str, skip_session: int | None = None) -> int:
-        """Send `text` to every connection of `user_id` here (but those joined to `skip_session`, if given)."""
-        sent = 0
-        for conn in self.of_user(user_id):
-            if skip_session is not None and conn.session_id == skip_session:
-                continue
-            sent += conn.send_event(text)
-        return sent
+    def _forget_user(self, conn: Member) -> None:
+        user_id = conn.user_id
+        users = self._users.get(user_id) if user_id is not None else None
+        if users is None or conn not in users:
+            return
+        users.discard(conn)
+        if not users:
+            del self._users[user_id]
+            if self.watcher is not None:
+                self.watcher.user_gone(user_id)
 
     def join(self, conn: Member, session_id: int) -> None:
-        """Put `conn` in the session's room, leaving the room it was in (a connection is in at most one)."""
-        if conn.session_id == session_id:
-            return
-        self.leave(conn)
-        self._rooms.setdefault(session_id, set()).add(conn)
-        conn.session_id = session_id
-        self.revision += 1
+        """Put `conn` in the session's room, leaving the room it was in (a connection is in at most one).
+
+        Returns once the watcher hears the session (the backplane's subscription is confirmed, or it gave
+        up waiting and will catch up instead): the caller may then answer the join.
+        """
+        if conn.session_id != session_id:
+            self.leave(conn)
+            self._rooms.setdefault(session_id, set()).add(conn)
+            conn.session_id = session_id
+            self.revision += 1
+        if self.watcher is not None:
+            self.watcher.room_joined(session_id)
 
     def leave(self, conn: Member) -> int | None:
         """Take `conn` out of its room; returns the session it left, or None."""
@@ -92,10 +113,11 @@ class Registry:
             room.discard(conn)
             if not room:
                 del self._rooms[session_id]
+                if self.watcher is not None:
+                    self.watcher.room_emptied(session_id)
         conn.session_id = None
         self.revision += 1
         return session_id
-
 
     def members(self, session_id: int) -> tuple[Member, ...]:
         """A copy of the room, safe to iterate while others join and leave."""
@@ -132,6 +154,31 @@ class Registry:
             if extra is not None and extra.connection_id != exclude:
                 sent += extra.send_event(text, message_id)
         return sent
+
+    def deliver_outside(self, session_id: int, connection_id: str, text: str, message_id: int | None = None) -> int:
+        """Send `text` to one connection here unless it is in the session's room (which had it already)."""
+        conn = self._connections.get(connection_id)
+        if conn is None or conn.session_id == session_id:
+            return 0
+        return int(conn.send_event(text, message_id))
+
+    def has_room(self, session_id: int) -> bool:
+        return session_id in self._rooms
+
+    def of_user(self, user_id: int) -> tuple[Member, ...]:
+        """A copy of this worker's connections authenticated as `user_id`."""
+        users = self._users.get(user_id)
+        return tuple(users) if users else ()
+
+    def users(self) -> list[int]:
+        """The users with at least one connection on this worker."""
+        return list(self._users)
+
+    def deliver_to_user(self, user_id: int, text: str, skip_session: int | None = None) -> int:
+        """Send `text` to every connection authenticated as `user_id` here, but those joined to `skip_session`
+        (which get the room's copy of the same frame); how many were handed it."""
+        return sum(conn.send_text(text) for conn in self.of_user(user_id)
+                   if skip_session is None or conn.session_id != skip_session)
 
     def stats(self) -> dict[str, int]:
         conns = self._connections.values()

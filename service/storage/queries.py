@@ -308,6 +308,23 @@ class Storage:
         with self.connect() as conn:
             return [_message(r) for r in reversed(conn.execute(query).all())]
 
+
+    def messages_for_catch_up(
+        self, session_id: int, after_id: int, created_since: float | None, limit: int
+    ) -> list[MessageRecord]:
+        """Oldest first, after `after_id`, and when `created_since` (a unix time) is given, created then or later.
+
+        For the fan-out's catch-up after a lost subscription (realtime/catchup.py); created_at has whole
+        seconds, so the bound is rounded down.
+        """
+        condition = and_(messages_table.c.session_id == session_id, messages_table.c.id > after_id)
+        if created_since is not None:
+            since = datetime.fromtimestamp(int(created_since), self.tz).replace(tzinfo=None)
+            condition = and_(condition, messages_table.c.created_at >= since)
+        query = select(messages_table).where(condition).order_by(messages_table.c.id).limit(limit)
+        with self.connect() as conn:
+            return [_message(r) for r in conn.execute(query).all()]
+
     def find_client_message(self, session_id: int, sender_id: int, client_msg_id: str) -> MessageRecord | None:
         with self.connect() as conn:
             row = conn.execute(
