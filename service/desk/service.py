@@ -407,6 +407,19 @@ class Desk:
                 left.append(waiting)
         return left
 
+    def position_frame(self, user_id: int, session: SessionRecord) -> dict[str, Any] | None:
+        """ROUTING=auto: the `queue_position` a waiting customer joining its session gets at once (the leader
+        sends positions only when they change, which a page opened later would never hear)."""
+        if not self.auto or session.agent_id is not None or session.user_id != user_id:
+            return None
+        try:
+            position = self.store.queue_position(session.id)
+        except StorageError:
+            return None  # the leader's next change tells it
+        if position is None:
+            return None
+        return {"type": "queue_position", "session_id": session.id, "position": position}
+
     def send_positions(self, queue: list[Waiting]) -> None:
         """queue_position to each waiting customer whose position changed (the leader is the only sender)."""
         if self.notifier is None:

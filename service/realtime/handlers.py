@@ -73,9 +73,13 @@ def join_session(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -
     session_id = parse_id(message.get("session_id"), Problem.MISSING_SESSION_ID, Problem.INVALID_SESSION_ID)
     after_id = replay_after(message.get("last_message_id"))
     session = ctx.authorize(identity, session_id)
+    position = ctx.desk.position_frame(identity.user_id, session) if ctx.desk is not None else None
     if after_id is not None:
         ctx.claim_for_agent(identity, session)
-        return join_with_replay(ctx, conn, session, after_id)
+        replies = join_with_replay(ctx, conn, session, after_id)
+        if position is not None:
+            conn.send_text(encode(position))  # after what the replay queued
+        return replies
     # The join returns once this worker hears the session (its subscription is confirmed): events that
     # arrive meanwhile wait, so that `joined_session` comes first and nothing stored after it is missed.
     conn.hold_events()
@@ -90,10 +94,12 @@ def join_session(ctx: ChatHub, conn: ConnectionState, message: dict[str, Any]) -
                               "session_id": session_id})
     reply = {"type": "joined_session", "session_id": session_id}
     if not held:
-        return [reply]
+        return [reply] if position is None else [reply, position]
     conn.send_text(encode(reply))
     for text, message_id in held:
         conn.send_event(text, message_id)
+    if position is not None:
+        conn.send_text(encode(position))
     return []
 
 

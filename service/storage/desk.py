@@ -142,6 +142,15 @@ class DeskStorage:
         with self.storage.connect() as conn:
             return [Waiting(r.id, r.user_id, r.created_at) for r in conn.execute(query).all()]
 
+    def queue_position(self, session_id: int) -> int | None:
+        """The session's place in `queue()` (1 = next), or None when it is not waiting."""
+        s = sessions_table.c
+        waiting = and_(s.agent_id.is_(None), s.status == "active")
+        query = select(func.count()).where(and_(waiting, s.id <= session_id))
+        with self.storage.connect() as conn:
+            mine = conn.execute(select(s.id).where(and_(waiting, s.id == session_id))).first()
+            return int(conn.execute(query).scalar_one()) if mine is not None else None
+
     def previous_agent(self, user_id: int, before_session: int) -> int | None:
         """The agent of the customer's latest earlier session, if any."""
         s = sessions_table.c

@@ -188,10 +188,12 @@
      reconnect or a reload cannot duplicate anything: every message is kept by id, pending ones by
      client_msg_id, and the unsent ones survive a reload in sessionStorage. */
   class Conversation {
-    constructor(root, { page, auth, me, socket, labelFor, sendsTyping, sendsRead, onChange }) {
+    constructor(root, { page, auth, me, socket, labelFor, sendsTyping, sendsRead, onChange, onPreviewSend }) {
       this.root = root; this.page = page; this.auth = auth; this.me = Number(me); this.socket = socket;
       this.labelFor = labelFor; this.sendsTyping = !!sendsTyping; this.sendsRead = !!sendsRead;
       this.onChange = onChange || (() => {});
+      this.onPreviewSend = onPreviewSend || null;
+      this.previewing = false;
       this.log = root.querySelector(".log");
       this.pendingList = root.querySelector(".pending");
       this.typingLine = root.querySelector(".typing");
@@ -231,9 +233,13 @@
       else sessionStorage.removeItem(this.outboxKey);
     }
 
-    async open(sessionId, { readOnly } = {}) {
+    /* `preview`: show the history without joining, for an agent looking at a waiting session of the desk (a
+       join would make them its agent unannounced); `goLive()` joins once it is theirs, and a message written
+       meanwhile first asks `onPreviewSend` (the console's claim) and goes out after the join. */
+    async open(sessionId, { readOnly, preview } = {}) {
       this.sessionId = Number(sessionId);
       this.reset();
+      this.previewing = !!preview;
       this.closed = !!readOnly;
       this.setClosed(this.closed);
       let saved = [];
@@ -252,10 +258,25 @@
       this.join();
     }
 
+    goLive() {
+      if (!this.previewing) return;
+      this.previewing = false;
+      this.join();
+    }
+
+    /* While previewing nothing arrives live: read what came since the newest message shown. */
+    refreshPreview() {
+      if (!this.previewing || !this.loaded || this.sessionId === null) return;
+      let newest = 0;
+      for (const id of this.messages.keys()) if (id > newest) newest = id;
+      this.fetchAfter(newest);
+    }
+
     /* Join (or rejoin after a reconnect) with replay from a cursor that cannot skip a message: the newest
        one received at least a few seconds ago (ids are allocated before commit; see the README). */
     join() {
-      if (this.sessionId === null || this.closed || !this.loaded) return;  // open() joins once history is in
+      if (this.previewing && this.pending.size && this.onPreviewSend) this.onPreviewSend(this.sessionId);
+      if (this.sessionId === null || this.closed || !this.loaded || this.previewing) return;  // after history
       const cutoff = Date.now() - CURSOR_SAFETY_MS;
       let cursor = 0, oldest = null;
       for (const [id, entry] of this.messages) {
@@ -405,6 +426,7 @@
       const cid = randomId();
       this.addPending(cid, content, "sending");
       if (this.joined) this.transmit(cid);  // otherwise sent when the (re)join completes
+      else if (this.previewing && this.onPreviewSend) this.onPreviewSend(this.sessionId);
     }
 
     transmit(cid) {

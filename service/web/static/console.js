@@ -142,7 +142,7 @@
     });
     state.conversation = new Conversation($("conversation"), {
       page: "console", auth: state.auth, me: state.me, socket: state.socket, labelFor, sendsTyping: true,
-      sendsRead: true, onChange: () => renderLists(),
+      sendsRead: true, onChange: () => renderLists(), onPreviewSend: () => claim(),
     });
     state.socket.start();
     refresh();
@@ -170,7 +170,10 @@
         }
         break;
       case "session_assigned":
-        if (Number(frame.agent_id) === state.me) notify(t("claimed", { s: sid }));
+        if (Number(frame.agent_id) === state.me) {
+          notify(t("claimed", { s: sid }));
+          if (sid === state.current) state.conversation.goLive();
+        }
         else if (sid === state.current) notify(t("assignedElsewhere", { s: sid, a: frame.agent_id }));
         patchSession(sid, { agent_id: Number(frame.agent_id) });
         refresh();
@@ -217,6 +220,7 @@
   async function refresh() {
     if (!state.auth || state.refreshing) return;  // one refresh at a time, however slow the server is
     state.refreshing = true;
+    if (state.conversation) state.conversation.refreshPreview();
     let sessions, queue;
     try {
       [sessions, queue] = await Promise.all([
@@ -332,7 +336,9 @@
       sessionStorage.setItem("console.current", String(sid));
       $("conv-body").hidden = false;
       renderHeader();
-      await state.conversation.open(sid);
+      const session = state.sessions.get(sid);
+      const waiting = state.desk && session && session.agent_id === null;  // claimed first, then joined
+      await state.conversation.open(sid, { preview: waiting });
       if (state.desk && Number((state.sessions.get(sid) || {}).agent_id) === state.me) loadAgents();
     }
     renderLists();
