@@ -338,6 +338,13 @@ class RedisBackplane:
                 self._behind.add(channel)
                 self._publish_failed()
                 return False
+            if channel in self._behind and event.kind != RESYNC and event.user_id is None:
+                # Events of this channel were refused: the marker goes first, so that receivers catch the
+                # session up (in order) before this event reaches them, not after.
+                self._behind.discard(channel)
+                marker = Event(session_id=event.session_id, text="", kind=RESYNC)
+                self._queue.append((node, channel, encode_envelope(self.node_id, entry[0], marker)))
+                entry[0] += 1
             payload = encode_envelope(self.node_id, entry[0], event)
         except Exception:  # an event that cannot be encoded must not break the sender's reply
             log.exception("backplane: could not encode event")
@@ -620,8 +627,11 @@ class RedisBackplane:
             self.counters["malformed"] += 1
             return
         assert self.fanout is not None
-        if gap and event.user_id is None and event.session_id:
-            # The origin could not publish some events here (its Redis connection failed): read them back.
+        if (gap or event.kind == RESYNC) and event.user_id is None and event.session_id:
+            # The origin could not publish some events here (its Redis connection failed): read them back. A
+            # marker says so by itself: it may be the first event heard on a fresh subscription, with no
+            # sequence number before it to show the jump (the refused events fell between this worker's
+            # catch-up read and the origin's publisher coming back).
             known = self._sessions.get(event.session_id)
             self.fanout.resync(event.session_id, known.since if known is not None else time.time())
         if event.kind == RESYNC:
